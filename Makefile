@@ -1,0 +1,35 @@
+# Two entry points a newcomer needs (see README): `make demo` and `make test`.
+# Both install what they need on a fresh Debian 12 machine (run as root).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux
+
+.PHONY: demo test debs venv bench clean
+
+debs:
+	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	$(PYTHON) -m venv --help >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+venv: $(PY)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+
+demo: debs venv
+	$(VENV)/bin/ntspki demo --dir ./demo
+
+test: debs venv
+	$(PY) -m pytest -q
+
+bench: debs venv
+	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) demo *.egg-info

@@ -1,0 +1,3 @@
+from ntspki.cli import main
+
+main()

@@ -1,0 +1,98 @@
+"""The `ntspki` command: a thin click layer. Subcommands live in cli_*.py modules and are only
+imported when run (hooks and timers call this CLI, so start-up must stay light: no acme, josepy,
+watchdog or OpenSSL unless the command needs them)."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import sys
+
+import click
+
+from ntspki import __version__
+from ntspki.errors import NtspkiError
+
+# command name -> "module:attribute"; a module that is not there (yet) is simply not offered.
+COMMANDS = {
+    "demo": "ntspki.cli_demo:demo",
+    "ca": "ntspki.cli_ca:ca",
+    "issue": "ntspki.cli_issue:issue",
+    "list": "ntspki.cli_issue:list_",
+    "show": "ntspki.cli_issue:show",
+    "probe": "ntspki.cli_probe:probe",
+    "check": "ntspki.cli_check:check",
+    "deploy": "ntspki.cli_deploy:deploy",
+    "watch": "ntspki.cli_deploy:watch",
+    "hook": "ntspki.cli_deploy:hook",
+    "acme": "ntspki.cli_acme:acme",
+    "renew": "ntspki.cli_acme:renew",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [n for n, target in COMMANDS.items()
+                if importlib.util.find_spec(target.split(":")[0]) is not None]
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        if importlib.util.find_spec(module) is None:
+            return None
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(file_okay=False), envvar="NTSPKI_HOME",
+              help="ntspki's directory (default: $NTSPKI_HOME, /etc/ntspki for root, else the XDG data dir).")
+@click.version_option(__version__, prog_name="ntspki")
+@click.pass_context
+def cli(ctx, home):
+    """Certificates for NTS time servers: CA, issuance, ACME, deploy to chronyd, probe."""
+    from ntspki.store import Home
+
+    ctx.obj = Home(home)
+
+
+def get_home(ctx: click.Context):
+    return ctx.find_root().obj
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+def fail(message: str, code: int = 1):
+    raise NtspkiError(message, code)
+
+
+def main(argv=None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="ntspki", standalone_mode=False)
+    except NtspkiError as e:
+        click.echo(f"ntspki: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("ntspki: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("ntspki: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        click.echo(f"ntspki: error:{where} {e.strerror or e}", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

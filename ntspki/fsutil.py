@@ -1,0 +1,81 @@
+"""Atomic, permission-safe file writes and an exclusive lock.
+
+Every file ntspki writes goes through `atomic_write`: a temp file in the destination directory,
+created 0600 so nobody else can read it even for an instant, given its final owner and mode while
+it is still private, fsynced, then renamed over the destination and the directory fsynced.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from pathlib import Path
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(
+    path: Path | str,
+    data: bytes,
+    mode: int = 0o644,
+    uid: int = -1,
+    gid: int = -1,
+) -> None:
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            f.write(data)
+            f.flush()
+            if uid != -1 or gid != -1:
+                os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode)
+            os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd != -1:
+            os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+
+
+def atomic_symlink(target: str, link: Path) -> None:
+    """Point `link` at `target`, replacing any existing link in one rename."""
+    tmp = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
+    os.symlink(target, tmp)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def make_private_dir(path: Path, mode: int = 0o700) -> None:
+    """mkdir -p with `mode` on every directory created (and on `path` itself)."""
+    path.mkdir(mode=mode, parents=True, exist_ok=True)
+    os.chmod(path, mode)
+
+
+@contextlib.contextmanager
+def locked(lock_path: Path, shared: bool = False):
+    """An flock on `lock_path`, held for the duration of the block (released on any exit, crash too)."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,135 @@
+"""Issuing server certificates from the site CA into lineages (one or a whole fleet)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ntspki import ca as ca_mod
+from ntspki import keys, names, pki
+from ntspki.errors import NtspkiError
+from ntspki.store import Home, check_lineage_name
+
+
+@dataclass
+class Issued:
+    name: str
+    version: int
+    sans: list[str]
+    serial: str
+    sha256: str
+    not_after: str
+    key_type: str
+    live: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Request:
+    name: str
+    sans: list[str]
+
+    @property
+    def general_names(self):
+        return names.unique_sans([self.name, *self.sans])
+
+
+def parse_batch(text: str, source: str = "batch file") -> list[Request]:
+    """One `NAME [SAN ...]` a line; blank lines and `#` comments are ignored."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        req = Request(fields[0], fields[1:])
+        try:
+            req.general_names
+        except NtspkiError as e:
+            raise NtspkiError(f"{source} line {lineno}: {e}", 2)
+        out.append(req)
+    if not out:
+        raise NtspkiError(f"{source} names no certificate to issue", 2)
+    return out
+
+
+def _build(ca: ca_mod.CA, req: Request, key_type: str, days: int):
+    if names.is_ip(req.name):
+        raise NtspkiError(f"the certificate name must be a host name, not an address ({req.name}); "
+                          "put addresses in --san", 2)
+    sans = req.general_names
+    lineage = check_lineage_name(names.normalize_dns_name(req.name))
+    key = keys.generate(key_type)
+    cert = pki.make_leaf(key, ca.intermediate, ca.intermediate_key, sans, days)
+    # Nothing is written unless the chain verifies for every name and the key is the cert's.
+    pki.verify_chain([ca.root], [cert, ca.intermediate], sans)
+    if not keys.key_matches_cert(key, cert):
+        raise NtspkiError("internal error: the new key does not match the new certificate")
+    return lineage, key, cert
+
+
+def _write(home: Home, ca, lineage, key, cert, key_type, days, durable) -> Issued:
+    version = home.write_version(lineage, keys.private_pem(key), pki.cert_pem(cert), ca.chain_pem, durable)
+    info = pki.CertInfo.of(cert)
+    home.write_renewal(lineage, {"source": "internal", "sans": info.sans, "key_type": key_type, "days": days},
+                       durable)
+    home.ledger.record(lineage, version, info, key_type, "internal")
+    return Issued(lineage, version, info.sans, info.serial, info.sha256, info.not_after, key_type,
+                  str(home.live / lineage))
+
+
+def issue(
+    home: Home,
+    name: str,
+    sans: list[str] = (),
+    key_type: str = keys.DEFAULT_KEY_TYPE,
+    days: int = pki.LEAF_DAYS,
+) -> Issued:
+    if days < 1:
+        raise NtspkiError("--days must be at least 1", 2)
+    if key_type not in keys.KEY_TYPES:
+        raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
+    req = Request(name, list(sans))
+    req.general_names  # validate names before anything else
+    ca = ca_mod.load(home)
+    lineage, key, cert = _build(ca, req, key_type, days)
+    home.ensure()
+    with home.lock():
+        return _write(home, ca, lineage, key, cert, key_type, days, durable=True)
+
+
+def issue_many(
+    home: Home,
+    requests: list[Request],
+    key_type: str = keys.DEFAULT_KEY_TYPE,
+    days: int = pki.LEAF_DAYS,
+    progress=None,
+) -> list[Issued]:
+    """A fleet in one process and one lock; durable on return (one file-system sync)."""
+    if key_type not in keys.KEY_TYPES:
+        raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
+    ca = ca_mod.load(home)
+    home.ensure()
+    out = []
+    with home.lock():
+        db = home.ledger.db
+        db.execute("BEGIN")
+        try:
+            for req in requests:
+                lineage, key, cert = _build(ca, req, key_type, days)
+                out.append(_write(home, ca, lineage, key, cert, key_type, days, durable=False))
+                if progress:
+                    progress(1)
+        finally:
+            db.execute("COMMIT")
+            home.sync()
+    return out
+
+
+def read_batch_file(path: str) -> list[Request]:
+    try:
+        text = Path(path).read_text() if path != "-" else __import__("sys").stdin.read()
+    except OSError as e:
+        raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
+    return parse_batch(text, path)

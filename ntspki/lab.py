@@ -1,0 +1,263 @@
+"""A real chronyd NTS server and a real chrony NTS client on loopback, for the demo, the tests
+and the benchmarks. Never touches the system clock (`-x`), never binds anything but 127.0.0.1/::1.
+
+chronyd runs as a daemon (`-l LOGFILE`, pidfile in the work dir), the way a service manager runs it,
+so an outside "restart command" (`python -m ntspki.lab restart WORKDIR`) can restart it exactly as
+`systemctl restart chrony` would on a real host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+CHRONYD = shutil.which("chronyd") or "/usr/sbin/chronyd"
+# chrony names its user `_chrony` on Debian/Ubuntu and `chrony` on RHEL/Fedora.
+CHRONY_USERS = ("_chrony", "chrony")
+
+
+def chrony_user() -> str:
+    for user in CHRONY_USERS:
+        try:
+            pwd.getpwnam(user)
+            return user
+        except KeyError:
+            pass
+    return "root"
+
+
+def free_port() -> int:
+    """A port free for TCP and UDP on 127.0.0.1 and ::1 (chronyd binds both)."""
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port < 20000:
+            continue
+        try:
+            for family, host in ((socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")):
+                for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+                    with socket.socket(family, kind) as s:
+                        s.bind((host, port))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no free loopback port")
+
+
+def make_workdir(prefix: str = "ntspki-lab-") -> Path:
+    """A directory chronyd's unprivileged user can traverse (pytest's tmp dirs are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o755)
+    return path
+
+
+class ChronyServer:
+    """chronyd as an NTS server on loopback with the given key and certificate files."""
+
+    def __init__(self, key: Path | str, cert: Path | str, workdir: Path | str | None = None,
+                 user: str = "root", ntsprocesses: int = 1, ntsdumpdir: bool = True, extra: str = "",
+                 ntp_port: int | None = None, nts_port: int | None = None):
+        self.key, self.cert = Path(key), Path(cert)
+        self.workdir = Path(workdir) if workdir else make_workdir()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.user = user
+        self.ntp_port = ntp_port or free_port()
+        self.nts_port = nts_port or free_port()
+        self.run_dir = self.workdir / "run"
+        self.dump_dir = self.workdir / "dump" if ntsdumpdir else None
+        self.conf_path = self.workdir / "chronyd.conf"
+        self.log_path = self.workdir / "chronyd.log"
+        self.pid_path = self.run_dir / "chronyd.pid"
+        lines = [
+            f"port {self.ntp_port}",
+            f"ntsport {self.nts_port}",
+            "bindaddress 127.0.0.1",
+            "bindaddress ::1",
+            "cmdport 0",
+            f"bindcmdaddress {self.run_dir}/chronyd.sock",
+            f"pidfile {self.pid_path}",
+            "allow 127.0.0.1",
+            "allow ::1",
+            "local stratum 8",
+            f"ntsprocesses {ntsprocesses}",
+            f"ntsserverkey {self.key}",
+            f"ntsservercert {self.cert}",
+        ]
+        if self.dump_dir:
+            lines.append(f"ntsdumpdir {self.dump_dir}")
+        self.conf_path.write_text("\n".join(lines) + "\n" + extra)
+        self.log_offset = 0
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def _prepare_dirs(self) -> None:
+        pw = pwd.getpwnam(self.user)
+        for d in filter(None, (self.run_dir, self.dump_dir)):
+            d.mkdir(exist_ok=True)
+            os.chown(d, pw.pw_uid, pw.pw_gid)
+            d.chmod(0o770 if d == self.run_dir else 0o700)
+
+    def start(self, timeout: float = 10.0) -> "ChronyServer":
+        self._prepare_dirs()
+        self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        subprocess.run([CHRONYD, "-f", str(self.conf_path), "-x", "-u", self.user, "-l", str(self.log_path)],
+                       check=True, capture_output=True, timeout=timeout)
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 10.0) -> None:
+        """Until the NTS-KE port accepts connections (which proves nothing about the key: see probe)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.nts_port), timeout=0.5).close()
+                return
+            except OSError:
+                if not self.running():
+                    time.sleep(0.05)
+                    if not self.running():
+                        raise RuntimeError(f"chronyd exited: {self.log()[-2000:]}")
+                time.sleep(0.05)
+        raise RuntimeError(f"chronyd did not open port {self.nts_port}: {self.log()[-2000:]}")
+
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.pid
+        if pid is None:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def stop(self, timeout: float = 10.0) -> None:
+        pid = self.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+
+    def restart(self) -> "ChronyServer":
+        self.stop()
+        return self.start()
+
+    def restart_command(self) -> list[str]:
+        """A command that restarts this server from outside, like `systemctl restart chrony`."""
+        return [sys.executable, "-m", "ntspki.lab", "restart", str(self.workdir), "--user", self.user]
+
+    def log(self, since_start: bool = False) -> str:
+        try:
+            data = self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+        return data[self.log_offset:] if since_start else data
+
+    def credentials_failed(self) -> bool:
+        return "Could not set credentials" in self.log(since_start=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+@dataclass
+class ClientResult:
+    ok: bool
+    returncode: int
+    output: str
+
+
+DEFAULT_HOSTS = {"ntpserver": "127.0.0.1", "ntpserver-ipv6": "::1"}
+
+
+def chrony_client(name: str, ntp_port: int, nts_port: int, trust: list[Path | str] | Path | str,
+                  hosts: dict[str, str] | None = None, timeout: int = 5, extra: str = "",
+                  workdir: Path | None = None) -> ClientResult:
+    """One-shot NTS client: `chronyd -Q` against NAME, trusting only `trust`.
+
+    A host name resolves through a private /etc/hosts (bind-mounted in a private mount namespace
+    with `unshare -m`), so tests and the demo never edit the system's."""
+    trust = [trust] if isinstance(trust, (str, Path)) else trust
+    own = workdir is None
+    workdir = Path(workdir or make_workdir("ntspki-client-"))
+    try:
+        conf = workdir / "client.conf"
+        lines = [f"server {name} iburst nts port {ntp_port} ntsport {nts_port} maxsamples 1 minpoll -6 maxpoll -6"]
+        lines += [f"ntstrustedcerts {t}" for t in trust]
+        lines.append("nosystemcert")
+        conf.write_text("\n".join(lines) + "\n" + extra)
+        cmd = [CHRONYD, "-Q", "-t", str(timeout), "-f", str(conf), "-u", "root"]
+        is_ip = name.replace(":", "").replace(".", "").isalnum() and (":" in name or name.replace(".", "").isdigit())
+        if not is_ip:
+            hosts_file = workdir / "hosts"
+            entries = {**DEFAULT_HOSTS, **(hosts or {})}
+            hosts_file.write_text("127.0.0.1 localhost\n::1 localhost\n"
+                                  + "".join(f"{ip} {host}\n" for host, ip in entries.items()))
+            cmd = ["unshare", "-m", "sh", "-c",
+                   f'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
+        out = proc.stdout + proc.stderr
+        ok = proc.returncode == 0 and "System clock wrong by" in out
+        return ClientResult(ok, proc.returncode, out)
+    finally:
+        if own:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ntspki.lab")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("restart", help="restart the lab chronyd whose work dir is WORKDIR")
+    r.add_argument("workdir")
+    r.add_argument("--user", default="root")
+    args = parser.parse_args(argv)
+    workdir = Path(args.workdir)
+    conf = (workdir / "chronyd.conf").read_text()
+    get = {line.split()[0]: line.split(None, 1)[1] for line in conf.splitlines() if line.strip()}
+    server = ChronyServer.__new__(ChronyServer)
+    server.workdir, server.user = workdir, args.user
+    server.run_dir, server.conf_path = workdir / "run", workdir / "chronyd.conf"
+    server.dump_dir = Path(get["ntsdumpdir"]) if "ntsdumpdir" in get else None
+    server.log_path, server.pid_path = workdir / "chronyd.log", Path(get["pidfile"])
+    server.nts_port = int(get["ntsport"])
+    server.stop()
+    try:
+        server.start()
+    except (RuntimeError, subprocess.SubprocessError) as e:
+        print(f"restart failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
