@@ -56,7 +56,7 @@ class Lineage:
 
 class Home:
     def __init__(self, path: Path | str | None = None):
-        self.path = Path(path) if path else default_home()
+        self.path = (Path(path) if path else default_home()).absolute()
         self.ca_dir = self.path / "ca"
         self.private_dir = self.ca_dir / "private"
         self.live = self.path / "live"

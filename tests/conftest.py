@@ -82,3 +82,15 @@ def pytest_sessionfinish(session, exitstatus):
         if reporter:
             reporter.write_line(f"FAILED: {skipped} test(s) skipped on CI; every test must run here", red=True)
         session.exitstatus = 1
+
+
+# ---- a real ACME CA (pebble + challtestsrv on loopback), one per test session ------------------
+from tests.pebble_env import PebbleEnv, start_pebble  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def pebble(tmp_path_factory) -> PebbleEnv:
+    """Real pebble with real validation; see tests/pebble_env.py for the API."""
+    env = start_pebble(tmp_path_factory.mktemp("pebble"))
+    yield env
+    env.stop()
