@@ -79,6 +79,11 @@ def main(argv=None) -> None:
     except click.exceptions.Abort:
         click.echo("ntspki: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as e:
+        # One line like every other error (click's own format is usage + blank line + error).
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        click.echo(f"ntspki: error: {e.format_message()}{hint}", err=True)
+        sys.exit(e.exit_code)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)

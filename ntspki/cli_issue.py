@@ -33,9 +33,12 @@ def issue(ctx, name, sans, days, key_type, from_file, as_json):
         if name or sans:
             fail("give either NAME [--san ...] or --from FILE, not both", 2)
         requests = issue_mod.read_batch_file(from_file)
-        with click.progressbar(length=len(requests), label="issuing", file=click.get_text_stream("stderr"),
-                               show_pos=True) as bar:
-            results = issue_mod.issue_many(home, requests, key_type, days, progress=bar.update)
+        stderr = click.get_text_stream("stderr")
+        if stderr.isatty():
+            with click.progressbar(length=len(requests), label="issuing", file=stderr, show_pos=True) as bar:
+                results = issue_mod.issue_many(home, requests, key_type, days, progress=bar.update)
+        else:  # not a terminal: no bar (click would print its label, and an error must stay one line)
+            results = issue_mod.issue_many(home, requests, key_type, days)
         if as_json:
             echo_json([r.to_dict() for r in results])
         else:
@@ -126,6 +129,8 @@ def show(ctx, name, as_json):
         info["chain_ok"], info["chain_error"] = False, str(e)
     if as_json:
         echo_json(info)
+        if not (info["key_matches"] and info["chain_ok"]):
+            ctx.exit(1)  # the same status as without --json: scripts read both
         return
     click.echo(f"{name} (version {lineage.version}, versions {info['versions']})")
     click.echo(f"  names:     {', '.join(info['sans'])}")

@@ -1,0 +1,110 @@
+"""Crashes and concurrency: the deploy process SIGKILLed at every step, and deploys racing.
+
+NTSPKI_TEST_PAUSE_AT=STEP makes `ntspki deploy` stop itself (SIGSTOP) at STEP; the test then
+SIGKILLs it there, checks what is on disk, and runs a second deploy that must complete."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from ntspki import deploy
+from tests.conftest import NTSPKI
+from tests.deploy_env import DeployLab
+
+
+@pytest.fixture(scope="module")
+def dl():
+    bed = DeployLab()
+    bed.write_config({"ntpserver": bed.settings(probe_timeout=1)})
+    yield bed
+    bed.stop()
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def _kill_at(dl: DeployLab, step: str) -> None:
+    """Run `ntspki deploy --all`, wait until it stops itself at `step`, SIGKILL it there."""
+    proc = subprocess.Popen([*NTSPKI, "--home", str(dl.home.path), "deploy", "--all"],
+                            env={**os.environ, deploy.PAUSE_ENV: step},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while _state(proc.pid) != "T":
+        assert proc.poll() is None, f"deploy ended before step {step}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"deploy never reached step {step}"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+def _journal(dl) -> bool:
+    return (dl.dest / f".{dl.cert.name}.ntspki-journal").exists()
+
+
+SUCCESS_STEPS = ["locked", "validated", "previous-saved", "staged", "key-installed", "installed",
+                 "restarted", "probed"]
+
+
+@pytest.mark.parametrize("step", SUCCESS_STEPS)
+def test_sigkill_at_every_step_leaves_a_matching_pair_and_the_next_deploy_completes(dl, step):
+    old = dl.deployed().fingerprint
+    new = dl.new_version()
+    _kill_at(dl, step)
+    pair = dl.deployed()
+    if step == "key-installed":
+        # The one instant two files cannot avoid: new key, old certificate. Both new files were
+        # complete and journalled before the first rename; the next deploy finishes the renames
+        # before anything else (below), so chronyd is never restarted onto this.
+        assert pair is None and _journal(dl)
+    else:
+        assert pair is not None and pair.matches(), step
+        assert pair.fingerprint == (old if SUCCESS_STEPS.index(step) < SUCCESS_STEPS.index("installed") else new)
+        # From "staged" on, the journal says: complete this pair.
+        assert _journal(dl) == (step == "staged")
+    assert dl.served() in (old, new)
+    second = dl.cli("deploy", "--all")
+    assert second.returncode == 0, second.stderr
+    assert dl.deployed().fingerprint == new == dl.served()
+    assert not list(dl.dest.glob(".*ntspki*"))
+    if step in ("staged", "key-installed"):
+        assert "finished an interrupted deploy" in second.stderr
+
+
+@pytest.mark.parametrize("step", ["restored", "restarted-again"])
+def test_sigkill_during_rollback_leaves_a_matching_pair(dl, step):
+    old = dl.deployed().fingerprint
+    new = dl.new_version()
+    dl.noop(True)  # the restart does nothing: the probe fails and the rollback starts
+    try:
+        _kill_at(dl, step)
+    finally:
+        dl.noop(False)
+    pair = dl.deployed()
+    assert pair is not None and pair.matches() and pair.fingerprint == old
+    assert dl.served() == old
+    second = dl.cli("deploy", "--all")
+    assert second.returncode == 0, second.stderr
+    assert dl.deployed().fingerprint == new == dl.served()
+
+
+def test_concurrent_deploys_restart_once(dl):
+    """Timer, hook and watcher may fire together: the lock serialises them, the second finds the
+    certificate deployed and served and does nothing."""
+    new = dl.new_version()
+    restarts = dl.restarts()
+    procs = [subprocess.Popen([*NTSPKI, "--home", str(dl.home.path), "deploy", "--all"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], outs
+    statuses = sorted(o[0].split(":")[1].split()[0] for o in outs)
+    assert statuses == ["deployed", "unchanged", "unchanged"], outs
+    assert dl.restarts() == restarts + 1
+    assert dl.served() == new
