@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux
+DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux mount systemd procps
 
 .PHONY: demo test debs venv bench clean
 

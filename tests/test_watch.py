@@ -5,7 +5,9 @@ for, invalid ones are skipped, SIGHUP re-reads the config, SIGTERM stops it."""
 from __future__ import annotations
 
 import datetime as dt
+import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -147,20 +149,34 @@ def test_half_switched_lineage_is_waited_for_and_invalid_material_skipped(dl):
         dl.write_config()
 
 
-def test_poll_mode(dl, tmp_path):
-    """--poll for NFS and container volumes, where inotify sees nothing."""
+def test_poll_mode_under_systemd_notify_and_journald(dl, tmp_path):
+    """--poll for NFS and container volumes, where inotify sees nothing; run the way the example
+    unit runs it (Type=notify: READY=1 after the catch-up deploy; journald priority prefixes)."""
     out = dl.root / "etc" / "polled"
     cfg = tmp_path / "deploy.toml"
     cfg.write_text(f'[targets.polled]\nsource = "ntpserver"\ncert = "{out}/p.crt"\nkey = "{out}/p.key"\n'
                    f'restart_command = "true"\nprobe = false\nservice_conf = "{dl.server.conf_path}"\n')
-    w = WatchProcess(dl.home.path, "--config", str(cfg), "--poll", "--poll-interval", "0.2", "--debounce", "0.1")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(15)
+    os.environ.update(NOTIFY_SOCKET=str(tmp_path / "notify"), JOURNAL_STREAM="8:1234")
     try:
-        wait_for(lambda: "polling" in w.log() and (out / "p.crt").exists(), 10, "the poller to start", w)
+        w = WatchProcess(dl.home.path, "--config", str(cfg), "--poll", "--poll-interval", "0.2", "--debounce", "0.1")
+    finally:
+        del os.environ["NOTIFY_SOCKET"], os.environ["JOURNAL_STREAM"]
+    try:
+        assert notify.recv(100) == b"READY=1"
+        assert (out / "p.crt").exists(), "READY comes after the catch-up deploy"
         fp = dl.new_version()
         wait_for(lambda: (p := deploy.read_pair(out / "p.key", out / "p.crt")) and p.fingerprint == fp,
                  10, "the polled change to be deployed", w)
     finally:
         assert w.stop() == 0
+    assert notify.recv(100) == b"STOPPING=1"
+    notify.close()
+    lines = w.log().splitlines()
+    assert lines and all(line[:3] in ("<6>", "<4>", "<3>") for line in lines), lines
+    assert any("polling" in line for line in lines)
 
 
 def test_watch_without_config_is_a_one_line_error(tmp_path):
