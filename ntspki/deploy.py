@@ -191,15 +191,15 @@ def _reader(target: Target):
     return None
 
 
-def _can(uid: int, gids: set, st: os.stat_result, bit: int) -> bool:
-    """Whether uid/gids have permission `bit` (4 r, 1 x) on a file with stat `st`."""
+def _can(uid: int, gids: set, owner: int, group: int, mode: int, bit: int) -> bool:
+    """Whether uid (in gids) has permission `bit` (4 read, 1 enter) on owner:group `mode`."""
     if uid == 0:
         return True
-    if st.st_uid == uid:
-        return bool(st.st_mode & (bit << 6))
-    if st.st_gid in gids:
-        return bool(st.st_mode & (bit << 3))
-    return bool(st.st_mode & bit)
+    if owner == uid:
+        return bool(mode & (bit << 6))
+    if group in gids:
+        return bool(mode & (bit << 3))
+    return bool(mode & bit)
 
 
 def check_destination(target: Target) -> None:
@@ -225,17 +225,16 @@ def check_destination(target: Target) -> None:
     if reader is None:
         return
     user, uid, gids = reader
-    for path, mode, uid_f, gid_f in ((target.key, target.key_mode, target.uid, target.gid),
-                                     (target.cert, target.cert_mode, target.uid, target.gid)):
+    for path, mode in ((target.key, target.key_mode), (target.cert, target.cert_mode)):
         d = path.parent
         while not d.exists():
             d = d.parent
         for anc in [d, *d.parents]:
-            if not _can(uid, gids, anc.stat(), 1):
+            st = anc.stat()
+            if not _can(uid, gids, st.st_uid, st.st_gid, st.st_mode, 1):
                 raise NtspkiError(f"{target.service.name} reads {path} as {user}, who cannot enter {anc}: "
                                   "use a directory it can traverse (e.g. /etc/chrony/nts)")
-        fake = os.stat_result((mode, 0, 0, 0, uid_f, gid_f, 0, 0, 0, 0))
-        if not _can(uid, gids, fake, 4):
+        if not _can(uid, gids, target.uid, target.gid, mode, 4):
             raise NtspkiError(
                 f"{target.service.name} reads {path.name} as {user}, who could not read it as "
                 f"{target.owner}:{target.group} {mode:04o} (chronyd fails with 'Could not set credentials : "
@@ -336,21 +335,10 @@ def _fix_metadata(target: Target) -> bool:
 
 # ---- is the server serving it? ----------------------------------------------------------------
 
-def _split_hostport(target: str, default_port: int = 4460) -> tuple[str, int]:
-    if target.startswith("["):
-        host, _, rest = target[1:].partition("]")
-        return host, int(rest[1:]) if rest.startswith(":") else default_port
-    if target.count(":") == 1:
-        host, port = target.split(":")
-        return host, int(port)
-    return target, default_port
-
-
 def served_fingerprint(host: str, port: int = 4460, name: str | None = None, timeout: float = 5.0) -> str:
-    """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1).
-
-    No chain check here: the chain was verified before it was deployed, and the fingerprint
-    pins the exact certificate. Raises OSError (ssl.SSLError included) when there is no handshake."""
+    """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1), with
+    nothing but the standard library. No chain check: the fingerprint pins the exact certificate.
+    Raises OSError (ssl.SSLError included) when there is no handshake."""
     import hashlib
 
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -365,38 +353,45 @@ def served_fingerprint(host: str, port: int = 4460, name: str | None = None, tim
     return hashlib.sha256(der).hexdigest()
 
 
-def check_served(target: Target, fingerprint: str, name: str, timeout: float) -> tuple[bool, str | None, str]:
-    """Probe until the server serves `fingerprint` or `timeout` passes: (ok, served sha256, detail)."""
+def check_served(target: Target, fingerprint: str, name: str, timeout: float,
+                 verify: bool = True) -> tuple[bool, str | None, str]:
+    """Probe until the server serves `fingerprint` or `timeout` passes: (ok, served sha256, detail).
+    verify=False only pins the fingerprint: for a restored pair, whose chain and names may not
+    be what the target now asks for, but which is exactly what was served before."""
     deadline = time.monotonic() + timeout
     while True:
         attempt = min(3.0, max(0.5, deadline - time.monotonic()))
-        served, detail = _probe_once(target, fingerprint, name, attempt)
-        if served == fingerprint:
-            return True, served, "served"
-        if time.monotonic() >= deadline:
-            return False, served, detail
+        if verify:
+            ok, served, detail = _probe_once(target, fingerprint, name, attempt)
+        else:
+            ok, served, detail = _pinned_once(target, fingerprint, name, attempt)
+        if ok or time.monotonic() >= deadline:
+            return ok, served, detail
         time.sleep(0.1)
 
 
-def _probe_once(target: Target, fingerprint: str, name: str, timeout: float = 3.0) -> tuple[str | None, str]:
-    """(sha256 of the served leaf or None, what was seen)."""
+def _pinned_once(target: Target, fingerprint: str, name: str, timeout: float) -> tuple[bool, str | None, str]:
+    from ntspki.probe import parse_target
+
+    host, port = parse_target(target.probe)
     try:
-        from ntspki.probe import probe
-    except ImportError:
-        probe = None
-    if probe is not None:
-        res = probe(target.probe, ca_files=tuple(str(c) for c in target.ca), name=name, timeout=timeout,
-                    expect_fingerprint=fingerprint, ntp=False)
-        served = res.chain[0].get("sha256") if res.chain else None
-        if res.ok:
-            return served, "served"
-        return served, res.error or "probe failed"
-    host, port = _split_hostport(target.probe)
-    try:
-        served = served_fingerprint(host, port, name, timeout=timeout)
+        served = served_fingerprint(host, port, name, timeout)
     except OSError as e:
-        return None, f"no TLS handshake with {target.probe}: {e}"
-    return served, "served" if served == fingerprint else f"serves a different certificate (sha256 {served[:16]}...)"
+        return False, None, f"no TLS handshake with {target.probe}: {e}"
+    if served != fingerprint:
+        return False, served, f"serves sha256 {served}, not {fingerprint}"
+    return True, served, "served"
+
+
+def _probe_once(target: Target, fingerprint: str, name: str, timeout: float = 3.0) -> tuple[bool, str | None, str]:
+    """`ntspki probe` up to NTS-KE: chain and name checked, this fingerprint expected.
+    (passed, sha256 of the served leaf or None, what was seen)."""
+    from ntspki.probe import probe
+
+    res = probe(target.probe, ca_files=tuple(str(c) for c in target.ca), name=name, timeout=timeout,
+                expect_fingerprint=fingerprint, ntp=False)
+    served = res.chain[0].get("sha256") if res.chain else None
+    return res.ok, served, "served" if res.ok else (res.error or "probe failed")
 
 
 # ---- a run ------------------------------------------------------------------------------------
@@ -516,13 +511,15 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
             if t.probe is None:
                 result.status, result.message = "unchanged", "already deployed (not probed)"
                 continue
-            served, detail = _probe_once(t, new.fingerprint, name)
+            served_ok, served, detail = _probe_once(t, new.fingerprint, name)
             result.served_sha256 = served
-            if served == new.fingerprint:
+            if served_ok:
                 result.status, result.message = "unchanged", "already deployed and served"
                 log.info("%s: unchanged (sha256 %s deployed and served)", t.name, new.fingerprint[:16])
                 continue
             log.info("%s: deployed but not served (%s): the server needs a restart", t.name, detail)
+        if deployed:
+            # What was there before this certificate was installed (by an interrupted run).
             old = read_pair(_previous(t.key), _previous(t.cert))
             result.previous_sha256 = old.fingerprint if old else None
             plan = _Plan(t, new, old, False, command, name)
@@ -603,6 +600,10 @@ def _roll_back(command, failed, group, report) -> None:
             r.status, r.exit_code = "failed", BROKEN
             r.message = f"{why}; there is no previous pair to restore: the server is NOT serving this target's certificate"
             continue
+        if plan.old.leaf.not_valid_after_utc <= pki.now():
+            r.status, r.exit_code = "failed", BROKEN
+            r.message = f"{why}; the previous certificate has expired, so it was not restored: check the server"
+            continue
         install(plan.target, plan.old)
         log.warning("%s: restored the previous pair (sha256 %s)", plan.target.name, plan.old.fingerprint[:16])
         restored.append((plan, why))
@@ -616,7 +617,8 @@ def _roll_back(command, failed, group, report) -> None:
         if plan.target.probe is None:
             ok, served = again, None
         else:
-            ok, served, _ = check_served(plan.target, plan.old.fingerprint, plan.name, plan.target.probe_timeout)
+            ok, served, _ = check_served(plan.target, plan.old.fingerprint, plan.name, plan.target.probe_timeout,
+                                         verify=False)
             ok = ok and again
         r.served_sha256 = served
         if ok:

@@ -31,7 +31,7 @@ log = logging.getLogger("ntspki.watch")
 
 # How long a lineage may stay incomplete after a change before the engine is run anyway (and
 # refuses it with the reason, logged).
-SETTLE_LIMIT = 30.0
+SETTLE_LIMIT = 10.0
 # Longest sleep of the main loop: how soon it notices a signal flag or a lineage still settling.
 IDLE = 0.5
 

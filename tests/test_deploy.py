@@ -134,6 +134,24 @@ def test_restart_without_effect_rolls_back_and_fails(dl):
     assert dl.served() == old and dl.deployed().fingerprint == old
 
 
+def test_rollback_to_a_certificate_from_another_ca(dl, tmp_path):
+    """Moving to a new CA (say, from the site CA to Let's Encrypt) and failing: the old certificate
+    does not verify against the new `ca`, yet it is exactly what was served before, so it counts."""
+    from tests.conftest import make_site
+
+    old = dl.served()
+    other = make_site(dl.root / "other-home")
+    dl.noop(True)
+    try:
+        target = deployconfig.make_target("ntpserver", dl.settings(source=str(other.live), ca=str(other.root),
+                                                                   probe_timeout=1), dl.home)
+        report = deploy.deploy([target])
+    finally:
+        dl.noop(False)
+    assert report.exit_code == deploy.ROLLED_BACK, report.to_dict()
+    assert report.targets[0].served_sha256 == old == dl.served() == dl.deployed().fingerprint
+
+
 def test_pair_the_server_cannot_load_rolls_back(dl):
     """Configured as if chronyd read its files as root, with group root: ntspki cannot know better
     up front, chronyd (really `_chrony`) fails to read the key; the probe sees it, the previous

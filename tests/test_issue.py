@@ -8,7 +8,6 @@ import re
 import stat
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -141,9 +140,11 @@ def test_duplicate_ca_is_refused_and_force_keeps_the_old_one(home):
     assert mode(aside / "private") == 0o700 and mode(aside / "private/root.key") == 0o600
 
 
-def test_name_constraints_reject_an_outside_name(tmp_path):
+@pytest.mark.parametrize("key_type", ["ec-p256", "ed25519"])  # Ed25519 chains are checked by ntspki's own code
+def test_name_constraints_reject_an_outside_name(tmp_path, key_type):
     home = tmp_path / "home"
-    ca_create(home, "--no-passphrase", "--permit-dns", "example.net", "--permit-ip", "127.0.0.0/8")
+    ca_create(home, "--no-passphrase", "--key-type", key_type, "--permit-dns", "example.net",
+              "--permit-ip", "127.0.0.0/8")
     run_cli("issue", "ntp.example.net", "--san", "127.0.0.1", home=home, check=True)
     one_line_error(run_cli("issue", "ntp.example.org", home=home), "ntp.example.org")
     one_line_error(run_cli("issue", "ntp2.example.net", "--san", "time.example.org", home=home), "does not verify")
