@@ -18,11 +18,10 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ntspki import chronyconf, names
+from ntspki import chronyconf, names, services
 from ntspki.errors import NtspkiError
 
 EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
-CHRONY_USERS = ("_chrony", "chrony")  # Debian/Ubuntu, RHEL/Fedora
 
 
 @dataclass
@@ -107,13 +106,7 @@ class User:
 
 
 def default_user() -> str:
-    for name in CHRONY_USERS:
-        try:
-            pwd.getpwnam(name)
-            return name
-        except KeyError:
-            pass
-    return "root"
+    return services.get("chrony").user()
 
 
 def may(st: os.stat_result, who: User, want: int) -> bool:

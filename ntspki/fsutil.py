@@ -65,9 +65,12 @@ def atomic_symlink(target: str, link: Path) -> None:
 
 
 def make_private_dir(path: Path, mode: int = 0o700) -> None:
-    """mkdir -p with `mode` on every directory created (and on `path` itself)."""
-    path.mkdir(mode=mode, parents=True, exist_ok=True)
-    os.chmod(path, mode)
+    """mkdir -p with `mode` on every directory created, and `mode` enforced on `path` itself
+    when it already existed (a new one has it: the umask only ever removes bits)."""
+    try:
+        path.mkdir(mode=mode, parents=True)
+    except FileExistsError:
+        os.chmod(path, mode)
 
 
 @contextlib.contextmanager

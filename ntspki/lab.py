@@ -9,7 +9,6 @@ so an outside "restart command" (`python -m ntspki.lab restart WORKDIR`) can res
 from __future__ import annotations
 
 import argparse
-import grp
 import os
 import pwd
 import shutil
@@ -22,19 +21,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ntspki import names, services
+
 CHRONYD = shutil.which("chronyd") or "/usr/sbin/chronyd"
-# chrony names its user `_chrony` on Debian/Ubuntu and `chrony` on RHEL/Fedora.
-CHRONY_USERS = ("_chrony", "chrony")
 
 
 def chrony_user() -> str:
-    for user in CHRONY_USERS:
-        try:
-            pwd.getpwnam(user)
-            return user
-        except KeyError:
-            pass
-    return "root"
+    """`_chrony` on Debian/Ubuntu, `chrony` on RHEL/Fedora."""
+    return services.get("chrony").user()
 
 
 def free_port() -> int:
@@ -217,14 +211,13 @@ def chrony_client(name: str, ntp_port: int, nts_port: int, trust: list[Path | st
         lines.append("nosystemcert")
         conf.write_text("\n".join(lines) + "\n" + extra)
         cmd = [CHRONYD, "-Q", "-t", str(timeout), "-f", str(conf), "-u", "root"]
-        is_ip = name.replace(":", "").replace(".", "").isalnum() and (":" in name or name.replace(".", "").isdigit())
-        if not is_ip:
+        if not names.is_ip(name):
             hosts_file = workdir / "hosts"
             entries = {**DEFAULT_HOSTS, **(hosts or {})}
             hosts_file.write_text("127.0.0.1 localhost\n::1 localhost\n"
                                   + "".join(f"{ip} {host}\n" for host, ip in entries.items()))
             cmd = ["unshare", "-m", "sh", "-c",
-                   f'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *cmd]
+                   'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file), *cmd]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 10)
         out = proc.stdout + proc.stderr
         ok = proc.returncode == 0 and "System clock wrong by" in out

@@ -32,15 +32,23 @@ class Service:
     conf_files: tuple[str, ...] = ()
     default_dir: str = "/etc/chrony/nts"   # where the default destinations go
 
-    def group(self) -> str:
-        """The primary group of the first of `users` that exists (`_chrony` on Debian, `chrony`
-        on RHEL), so the key can be root:GROUP 0640; root when none exists."""
+    def user(self) -> str:
+        """The first of `users` that exists on this host (`_chrony` on Debian, `chrony` on RHEL);
+        root when none does."""
         for user in self.users:
             try:
-                return grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+                pwd.getpwnam(user)
+                return user
             except KeyError:
                 continue
         return "root"
+
+    def group(self) -> str:
+        """The run user's primary group, so the key can be root:GROUP 0640."""
+        try:
+            return grp.getgrgid(pwd.getpwnam(self.user()).pw_gid).gr_name
+        except KeyError:
+            return "root"
 
     def conf_file(self) -> Path | None:
         return next((Path(p) for p in self.conf_files if Path(p).exists()), None)

@@ -146,26 +146,34 @@ class Home:
         before the switch leaves live/ on the previous version; `repair` finishes a crash during it.
         """
         check_lineage_name(name)
-        self.repair(name)
         archive = self.archive / name
         live = self.live / name
+        fresh = not live.exists()
+        if not fresh:
+            self.repair(name)
         fsutil.make_private_dir(archive)
         fsutil.make_private_dir(live)
         existing = [int(m.group(1)) for p in archive.iterdir()
                     if (m := re.fullmatch(r"[a-z]+(\d+)\.pem", p.name))]
         version = max(existing, default=0) + 1
-        content = {"privkey": privkey, "cert": cert, "chain": chain, "fullchain": cert + chain}
-        write = fsutil.atomic_write if durable else _fast_write
-        for kind in FILES:
-            write(archive / f"{kind}{version}.pem", content[kind], 0o600 if kind == "privkey" else 0o644)
-        self._link(name, version)
+        # Nothing refers to a new version's files until live/ switches, so they are created in
+        # place (0600 from the first byte, O_EXCL); fullchain comes last through a rename, and its
+        # arrival is what makes the version complete (see `versions`).
+        for kind, data in (("privkey", privkey), ("cert", cert), ("chain", chain)):
+            _create(archive / f"{kind}{version}.pem", data, 0o600 if kind == "privkey" else 0o644, durable)
+        (fsutil.atomic_write if durable else _fast_write)(archive / f"fullchain{version}.pem", cert + chain, 0o644)
+        self._link(name, version, fresh)
         if durable:
             fsutil.fsync_dir(live)
         return version
 
-    def _link(self, name: str, version: int) -> None:
+    def _link(self, name: str, version: int, fresh: bool = False) -> None:
         for kind in FILES:
-            fsutil.atomic_symlink(f"../../archive/{name}/{kind}{version}.pem", self.live / name / f"{kind}.pem")
+            target, link = f"../../archive/{name}/{kind}{version}.pem", self.live / name / f"{kind}.pem"
+            if fresh:  # a new lineage: no reader can see a half-made live/ as a mix of versions
+                os.symlink(target, link)
+            else:
+                fsutil.atomic_symlink(target, link)
 
     def repair(self, name: str) -> None:
         """If a crash stopped a live/ switch half-way, finish it (to the newest version linked)."""
@@ -197,6 +205,19 @@ class Home:
             os.sync()
         finally:
             os.close(fd)
+
+
+def _create(path: Path, data: bytes, mode: int, durable: bool) -> None:
+    """A new file that nothing refers to yet: created 0600, then given `mode`."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+        if mode != 0o600:
+            os.fchmod(fd, mode)
+        if durable:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _fast_write(path: Path, data: bytes, mode: int) -> None:
