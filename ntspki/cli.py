@@ -66,6 +66,26 @@ def echo_json(obj) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def progress(length: int, label: str):
+    """A progress bar on stderr when it is a terminal; else nothing (click would still print the
+    label, which breaks one-line errors and logs)."""
+    stderr = click.get_text_stream("stderr")
+    if not stderr.isatty():
+        return _NoBar()
+    return click.progressbar(length=length, label=label, file=stderr, show_pos=True)
+
+
 def fail(message: str, code: int = 1):
     raise NtspkiError(message, code)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ntspki.cli import echo_json, fail, get_home
+from ntspki.cli import echo_json, fail, get_home, progress
 
 ACME_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")  # = acmeclient.ACME_KEY_TYPES
 
@@ -157,8 +157,7 @@ def renew(ctx, names, all_, force, dry_run, jitter, no_deploy, deploy_config, as
         nonlocal bar
         due = sum(1 for p in plans if p.due)
         if due and not dry_run:
-            bar = click.progressbar(length=due, label="renewing", file=click.get_text_stream("stderr"),
-                                    show_pos=True)
+            bar = progress(due, "renewing")
             bar.__enter__()
 
     try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ntspki.cli import echo_json, fail, get_home
+from ntspki.cli import echo_json, fail, get_home, progress
 from ntspki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 
 
@@ -33,12 +33,8 @@ def issue(ctx, name, sans, days, key_type, from_file, as_json):
         if name or sans:
             fail("give either NAME [--san ...] or --from FILE, not both", 2)
         requests = issue_mod.read_batch_file(from_file)
-        stderr = click.get_text_stream("stderr")
-        if stderr.isatty():
-            with click.progressbar(length=len(requests), label="issuing", file=stderr, show_pos=True) as bar:
-                results = issue_mod.issue_many(home, requests, key_type, days, progress=bar.update)
-        else:  # not a terminal: no bar (click would print its label, and an error must stay one line)
-            results = issue_mod.issue_many(home, requests, key_type, days)
+        with progress(len(requests), "issuing") as bar:
+            results = issue_mod.issue_many(home, requests, key_type, days, progress=bar.update)
         if as_json:
             echo_json([r.to_dict() for r in results])
         else:

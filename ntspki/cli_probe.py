@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ntspki.cli import fail
+from ntspki.cli import fail, progress
 
 AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
 
@@ -54,8 +54,7 @@ def probe(targets, from_file, ca_files, name, port, timeout, expect_fingerprint,
     if len(targets) == 1:
         results = [probe_mod.probe(targets[0], **kw)]
     else:
-        with click.progressbar(length=len(targets), label="probing", file=click.get_text_stream("stderr"),
-                               show_pos=True) as bar:
+        with progress(len(targets), "probing") as bar:
             results = probe_mod.probe_many(targets, concurrency=concurrency, progress=lambda r: bar.update(1),
                                            **kw)
     if as_json:
