@@ -21,7 +21,7 @@ from ntspki import lab, names, pki
 from ntspki.lab import chrony_client, free_port
 from ntspki.store import Home
 from tests.conftest import run_cli
-from tests.pebble_env import start_pebble
+from tests.pebble_env import StubHTTP, start_pebble
 
 NAME = "ntp1.example.test"
 
@@ -366,14 +366,8 @@ class RateLimitingCA:
             def log_message(self, *a):
                 pass
 
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/dir"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stub = StubHTTP(Handler)
+        self.port, self.url, self.stop = self.stub.port, self.stub.url, self.stub.stop
 
 
 def test_a_short_retry_after_is_waited_out_and_a_long_one_reported(tmp_path):

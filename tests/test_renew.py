@@ -8,8 +8,7 @@ import json
 import os
 import shutil
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from cryptography import x509
 from ntspki import acmeclient, ca as ca_mod, keys, lab, names, pki, renew
 from ntspki.store import Home
 from tests.conftest import make_site, run_cli
+from tests.pebble_env import StubHTTP
 from tests.test_acme import assert_error, snapshot
 
 ACME_NAME = "acme.example.test"
@@ -177,14 +177,8 @@ class AriServer:
             def log_message(self, *a):
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.port = self.httpd.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}/dir"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def stop(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stub = StubHTTP(Handler)
+        self.port, self.url, self.stop = self.stub.port, self.stub.url, self.stub.stop
 
 
 def test_ari_window_decides_for_an_acme_lineage(mixed, workdir):
