@@ -5,7 +5,6 @@ watchdog or OpenSSL unless the command needs them)."""
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import json
 import sys
 
@@ -14,7 +13,7 @@ import click
 from ntspki import __version__
 from ntspki.errors import NtspkiError
 
-# command name -> "module:attribute"; a module that is not there (yet) is simply not offered.
+# command name -> "module:attribute", imported only when that command runs (or --help lists it).
 COMMANDS = {
     "demo": "ntspki.cli_demo:demo",
     "ca": "ntspki.cli_ca:ca",
@@ -33,16 +32,13 @@ COMMANDS = {
 
 class LazyGroup(click.Group):
     def list_commands(self, ctx):
-        return [n for n, target in COMMANDS.items()
-                if importlib.util.find_spec(target.split(":")[0]) is not None]
+        return list(COMMANDS)
 
     def get_command(self, ctx, name):
         target = COMMANDS.get(name)
         if target is None:
             return None
         module, attr = target.split(":")
-        if importlib.util.find_spec(module) is None:
-            return None
         return getattr(importlib.import_module(module), attr)
 
 

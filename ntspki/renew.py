@@ -17,7 +17,6 @@ hold HOME/.renew.lock, so two timers never renew the same lineage twice.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -206,10 +205,6 @@ def _renew_one(home: Home, p: Plan, progress) -> Outcome:
     return out
 
 
-def deploy_available() -> bool:
-    return importlib.util.find_spec("ntspki.deploy") is not None
-
-
 def renew(
     home: Home,
     names: list[str] = (),
@@ -262,10 +257,6 @@ def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, o
 
 
 def _deploy(home: Home, live_dirs: list[Path], deploy_config: Path | None, report: Report, progress) -> None:
-    if not deploy_available():
-        report.deploy_note = ("the deploy engine (ntspki.deploy) is not installed: the renewed certificates "
-                              "are in live/, but no server was given them")
-        return
     from ntspki import deploy as deploy_mod
 
     progress(f"deploying {len(live_dirs)} renewed lineage(s)")
@@ -275,9 +266,9 @@ def _deploy(home: Home, live_dirs: list[Path], deploy_config: Path | None, repor
         report.deploy_error = str(e)
         return
     report.deployed = result
-    targets = getattr(result, "targets", [])
-    if not targets and getattr(result, "note", ""):
+    targets = result.targets
+    if not targets and result.note:
         report.deploy_note = result.note  # e.g. no deploy config: nothing to do, not a failure
-    if not getattr(result, "ok", True):
+    if not result.ok:
         report.deploy_error = "; ".join(f"{t.name}: {t.status}" + (f" ({t.message})" if t.message else "")
                                         for t in targets if t.exit_code) or "the deploy engine reported a failure"
