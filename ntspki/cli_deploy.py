@@ -49,6 +49,8 @@ def _targets(ctx, names, all_, sources, config, oneoff: dict):
 @click.option("--config", type=click.Path(dir_okay=False), help="Deploy config (default: HOME/deploy.toml).")
 @click.option("--dry-run", is_flag=True, help="Validate and say what would change; write and restart nothing.")
 @click.option("--force", is_flag=True, help="Install and restart even when the certificate is already served.")
+@click.option("--recover", is_flag=True,
+              help="Only finish deploys a crash interrupted (no restart, no probe): for the server's ExecStartPre.")
 @click.option("--lineage", "source", metavar="DIR|NAME",
               help="One-off: deploy this live directory (or ntspki lineage) without a config.")
 @click.option("--cert", metavar="PATH", help="One-off: where the full chain goes (default /etc/chrony/nts/NAME.crt).")
@@ -70,7 +72,7 @@ def _targets(ctx, names, all_, sources, config, oneoff: dict):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="Log warnings and errors only.")
 @click.pass_context
-def deploy(ctx, names, all_, sources, config, dry_run, force, as_json, quiet, **oneoff):
+def deploy(ctx, names, all_, sources, config, dry_run, force, recover, as_json, quiet, **oneoff):
     """Copy certificates to where the NTS server reads them, restart it, prove the new one is served.
 
     Validates each source first; writes the key then the certificate atomically with their final
@@ -91,6 +93,13 @@ def deploy(ctx, names, all_, sources, config, dry_run, force, as_json, quiet, **
             echo_json({"ok": True, "exit_code": 0, "targets": [], "actions": [], "warnings": [], "note": why_none})
         else:
             click.echo(f"nothing to deploy: {why_none}")
+        return
+    if recover:
+        notes = engine.recover_only(targets, engine.default_lock_path(get_home(ctx)))
+        if as_json:
+            echo_json({"ok": True, "exit_code": 0, "recovered": notes})
+        else:
+            click.echo("\n".join(notes) if notes else "nothing to recover")
         return
     report = engine.deploy(targets, dry_run=dry_run, force=force,
                            lock_path=engine.default_lock_path(get_home(ctx)))

@@ -481,6 +481,20 @@ def deploy(targets: list[Target], *, dry_run: bool = False, force: bool = False,
     return report
 
 
+def recover_only(targets: list[Target], lock_path: Path | None = None) -> list[str]:
+    """Finish interrupted deploys and nothing else: no restart, no probe.
+
+    For the server's own start-up (`ExecStartPre=` in examples/), which closes the one window a
+    crash can leave (new key, old certificate) before the server reads its files. A deploy holding
+    the lock is the one restarting this server, with both files already in place: never wait for it
+    (that would deadlock its restart); there is nothing to recover then."""
+    try:
+        with fsutil.locked(lock_path or default_lock_path(), wait=False):
+            return [note for t in targets if (note := recover(t))]
+    except BlockingIOError:
+        return []
+
+
 def _plan(targets, report, dry_run, force) -> list[_Plan]:
     plans = []
     for t in targets:

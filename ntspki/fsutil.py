@@ -74,11 +74,12 @@ def make_private_dir(path: Path, mode: int = 0o700) -> None:
 
 
 @contextlib.contextmanager
-def locked(lock_path: Path, shared: bool = False):
-    """An flock on `lock_path`, held for the duration of the block (released on any exit, crash too)."""
+def locked(lock_path: Path, shared: bool = False, wait: bool = True):
+    """An flock on `lock_path`, held for the duration of the block (released on any exit, crash
+    too). With wait=False a lock held elsewhere raises BlockingIOError at once."""
     fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | (0 if wait else fcntl.LOCK_NB))
         yield
     finally:
         os.close(fd)

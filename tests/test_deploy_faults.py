@@ -78,6 +78,32 @@ def test_sigkill_at_every_step_leaves_a_matching_pair_and_the_next_deploy_comple
         assert "finished an interrupted deploy" in second.stderr
 
 
+def test_recover_at_server_start_closes_the_new_key_old_cert_window(dl):
+    """A crash between the two renames, then the server restarts (a reboot) before any deploy:
+    its ExecStartPre `ntspki deploy --recover --all` completes the pair without restarting it."""
+    new = dl.new_version()
+    _kill_at(dl, "key-installed")
+    assert dl.deployed() is None and _journal(dl)
+    restarts = dl.restarts()
+    proc = dl.cli("deploy", "--recover", "--all")
+    assert proc.returncode == 0, proc.stderr
+    assert "finished an interrupted deploy" in proc.stdout
+    pair = dl.deployed()
+    assert pair is not None and pair.matches() and pair.fingerprint == new
+    assert not _journal(dl) and dl.restarts() == restarts
+    again = dl.cli("deploy", "--recover", "--all")
+    assert again.returncode == 0 and "nothing to recover" in again.stdout
+    # While another deploy holds the lock, --recover returns at once instead of waiting.
+    from ntspki import fsutil
+
+    with fsutil.locked(deploy.default_lock_path(dl.home)):
+        busy = dl.cli("deploy", "--recover", "--all")
+    assert busy.returncode == 0 and "nothing to recover" in busy.stdout
+    second = dl.cli("deploy", "--all")  # and the regular path serves it
+    assert second.returncode == 0, second.stderr
+    assert dl.served() == new
+
+
 @pytest.mark.parametrize("step", ["restored", "restarted-again"])
 def test_sigkill_during_rollback_leaves_a_matching_pair(dl, step):
     old = dl.deployed().fingerprint
