@@ -67,6 +67,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _is_chronyd(pid: int) -> bool:
+    """Whether pid is (still) a chronyd: never signal a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"chronyd" in f.read().split(b"\0", 1)[0]
+    except OSError:
+        return False
+
+
 class ChronyServer:
     """chronyd as an NTS server on loopback with the given key and certificate files."""
 
@@ -103,6 +112,7 @@ class ChronyServer:
             lines.append(f"ntsdumpdir {self.dump_dir}")
         self.conf_path.write_text("\n".join(lines) + "\n" + extra)
         self.log_offset = 0
+        self._started_pid: int | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -118,6 +128,7 @@ class ChronyServer:
         subprocess.run([CHRONYD, "-f", str(self.conf_path), "-x", "-u", self.user, "-l", str(self.log_path)],
                        check=True, capture_output=True, timeout=timeout)
         self.wait_ready(timeout)
+        self._started_pid = self.pid  # stop() still finds it if the pidfile's directory is gone
         return self
 
     def wait_ready(self, timeout: float = 10.0) -> None:
@@ -147,8 +158,8 @@ class ChronyServer:
         return pid is not None and _alive(pid)
 
     def stop(self, timeout: float = 10.0) -> None:
-        pid = self.pid
-        if pid is None:
+        pid = self.pid or self._started_pid
+        if pid is None or not _is_chronyd(pid):
             return
         try:
             os.kill(pid, signal.SIGTERM)
@@ -245,6 +256,7 @@ def _main(argv=None) -> int:
     server.dump_dir = Path(get["ntsdumpdir"]) if "ntsdumpdir" in get else None
     server.log_path, server.pid_path = workdir / "chronyd.log", Path(get["pidfile"])
     server.nts_port = int(get["ntsport"])
+    server._started_pid = None
     server.stop()
     try:
         server.start()

@@ -423,27 +423,26 @@ def test_eab_and_bad_nonce_retries_against_a_strict_pebble(tmp_path):
 
 # ---- what it is for: a real chronyd serving the ACME certificate ------------------------------
 
-def test_chronyd_serves_the_acme_chain_to_a_client_trusting_pebbles_root(pebble, acme_home, chrony_servers):
+def test_chronyd_serves_the_acme_chain_to_a_client_trusting_pebbles_root(pebble, acme_home, workdir,
+                                                                        chrony_servers):
+    # `workdir` before `chrony_servers`: chronyd is stopped before its directory goes.
     home, _, _ = acme_home
     lineage = Home(home).read_lineage(NAME)
-    work = lab.make_workdir("ntspki-acme-chrony-")
-    try:
-        (work / "key.pem").write_bytes(lineage.privkey)
-        (work / "fullchain.pem").write_bytes(lineage.fullchain)
-        (work / "root.pem").write_bytes(pebble.root_pem())
-        server = chrony_servers(work / "key.pem", work / "fullchain.pem", workdir=work / "server")
-        assert not server.credentials_failed(), server.log()
-        by_name = chrony_client(NAME, server.ntp_port, server.nts_port, work / "root.pem",
-                                hosts={NAME: "127.0.0.1"})
-        assert by_name.ok, by_name.output
-        by_ip = chrony_client("127.0.0.1", server.ntp_port, server.nts_port, work / "root.pem")
-        assert by_ip.ok, by_ip.output
-        # And a client that trusts only some other root refuses it: the trust really is pebble's.
-        other_root = start_other_root(work)
-        refused = chrony_client(NAME, server.ntp_port, server.nts_port, other_root, hosts={NAME: "127.0.0.1"})
-        assert not refused.ok
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    work = workdir
+    (work / "key.pem").write_bytes(lineage.privkey)
+    (work / "fullchain.pem").write_bytes(lineage.fullchain)
+    (work / "root.pem").write_bytes(pebble.root_pem())
+    server = chrony_servers(work / "key.pem", work / "fullchain.pem", workdir=work / "server")
+    assert not server.credentials_failed(), server.log()
+    by_name = chrony_client(NAME, server.ntp_port, server.nts_port, work / "root.pem",
+                            hosts={NAME: "127.0.0.1"})
+    assert by_name.ok, by_name.output
+    by_ip = chrony_client("127.0.0.1", server.ntp_port, server.nts_port, work / "root.pem")
+    assert by_ip.ok, by_ip.output
+    # And a client that trusts only some other root refuses it: the trust really is pebble's.
+    other_root = start_other_root(work)
+    refused = chrony_client(NAME, server.ntp_port, server.nts_port, other_root, hosts={NAME: "127.0.0.1"})
+    assert not refused.ok
 
 
 def start_other_root(work: Path) -> Path:
