@@ -151,6 +151,7 @@ class Home:
         fresh = not live.exists()
         if not fresh:
             self.repair(name)
+            self.reconcile_ledger(name)
         fsutil.make_private_dir(archive)
         fsutil.make_private_dir(live)
         existing = [int(m.group(1)) for p in archive.iterdir()
@@ -183,6 +184,20 @@ class Home:
             target = max((v for v in linked if v in complete), default=max(complete, default=None))
             if target is not None:
                 self._link(name, target)
+
+    def reconcile_ledger(self, name: str) -> None:
+        """Record versions on disk that the ledger lacks (a crash between the live/ switch and the
+        ledger row), so `list` never shows an older certificate than the one in live/."""
+        recorded = {row["version"] for row in self.ledger.rows(name, latest_only=False)}
+        missing = [v for v in self.versions(name) if v not in recorded]
+        if not missing:
+            return
+        from ntspki import keys, pki
+
+        source = (self.read_renewal(name) or {}).get("source", "internal")
+        for v in missing:
+            cert = pki.load_certs((self.archive / name / f"cert{v}.pem").read_bytes())[0]
+            self.ledger.record(name, v, pki.CertInfo.of(cert), keys.key_type_of(cert.public_key()), source)
 
     def write_renewal(self, name: str, params: dict, durable: bool = True) -> None:
         write = fsutil.atomic_write if durable else _fast_write

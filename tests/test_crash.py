@@ -125,6 +125,11 @@ def test_sigkill_single_issue_keeps_previous_version(tmp_path):
             proc = run_cli("issue", NAME, "--json", home=home.path, check=True)
             assert json.loads(proc.stdout)["version"] == taken + 1
             assert check_home(home, snapshot(home), root) == "consistent"
+            # ... and the ledger caught up with every version a kill left on disk unrecorded.
+            db = sqlite3.connect(home.ledger_path)
+            recorded = {v for (v,) in db.execute("SELECT version FROM certificates WHERE name = ?", (NAME,))}
+            db.close()
+            assert recorded == set(home.versions(NAME))
     proc = run_cli("issue", NAME, home=home.path, check=True)
     assert check_home(home, snapshot(home), root) == "consistent"
     assert home.read_lineage(NAME).version == max(home.versions(NAME))
