@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -56,7 +57,24 @@ def parse_batch(text: str, source: str = "batch file") -> list[Request]:
     return out
 
 
-def _build(ca: ca_mod.CA, req: Request, key_type: str, days: int):
+def _check_options(key_type: str, days: int) -> None:
+    if days < 1:
+        raise NtspkiError("--days must be at least 1", 2)
+    if key_type not in keys.KEY_TYPES:
+        raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
+
+
+@dataclass
+class _Built:
+    """A new certificate, validated and ready to write."""
+
+    lineage: str
+    key_pem: bytes
+    cert_pem: bytes
+    info: pki.CertInfo
+
+
+def _build(ca: ca_mod.CA, req: Request, key_type: str, days: int) -> _Built:
     if names.is_ip(req.name):
         raise NtspkiError(f"the certificate name must be a host name, not an address ({req.name}); "
                           "put addresses in --san", 2)
@@ -68,12 +86,13 @@ def _build(ca: ca_mod.CA, req: Request, key_type: str, days: int):
     pki.verify_chain([ca.root], [cert, ca.intermediate], sans)
     if not keys.key_matches_cert(key, cert):
         raise NtspkiError("internal error: the new key does not match the new certificate")
-    return lineage, key, cert
+    return _Built(lineage, keys.private_pem(key), pki.cert_pem(cert), pki.CertInfo.of(cert))
 
 
-def _write(home: Home, ca, lineage, key, cert, key_type, days, durable) -> Issued:
-    version = home.write_version(lineage, keys.private_pem(key), pki.cert_pem(cert), ca.chain_pem, durable)
-    info = pki.CertInfo.of(cert)
+def _write(home: Home, ca: ca_mod.CA, built: _Built, key_type: str, days: int, durable: bool) -> Issued:
+    """Version, renewal parameters and ledger row for one certificate (caller holds the lock)."""
+    lineage, info = built.lineage, built.info
+    version = home.write_version(lineage, built.key_pem, built.cert_pem, ca.chain_pem, durable)
     home.write_renewal(lineage, {"source": "internal", "sans": info.sans, "key_type": key_type, "days": days},
                        durable)
     home.ledger.record(lineage, version, info, key_type, "internal")
@@ -88,17 +107,14 @@ def issue(
     key_type: str = keys.DEFAULT_KEY_TYPE,
     days: int = pki.LEAF_DAYS,
 ) -> Issued:
-    if days < 1:
-        raise NtspkiError("--days must be at least 1", 2)
-    if key_type not in keys.KEY_TYPES:
-        raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
+    _check_options(key_type, days)
     req = Request(name, list(sans))
     req.general_names  # validate names before anything else
     ca = ca_mod.load(home)
-    lineage, key, cert = _build(ca, req, key_type, days)
+    built = _build(ca, req, key_type, days)
     home.ensure()
     with home.lock():
-        return _write(home, ca, lineage, key, cert, key_type, days, durable=True)
+        return _write(home, ca, built, key_type, days, durable=True)
 
 
 def issue_many(
@@ -111,49 +127,31 @@ def issue_many(
     """A fleet in one process and one lock; durable on return (one file-system sync).
 
     Every certificate is made and validated before the first one is written, so a bad request
-    (say, a name outside the CA's name constraints) issues nothing and names its line."""
-    if days < 1:
-        raise NtspkiError("--days must be at least 1", 2)
-    if key_type not in keys.KEY_TYPES:
-        raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
+    (say, a name outside the CA's name constraints) issues nothing and names its line.
+    Each ledger row commits right after its lineage's files, so a batch killed half-way leaves a
+    ledger that matches what it wrote. Sequential on purpose: the time goes into file-system
+    metadata calls, and writer threads only fought over the GIL."""
+    _check_options(key_type, days)
     ca = ca_mod.load(home)
     built = []
     for req in requests:
         try:
-            lineage, key, cert = _build(ca, req, key_type, days)
+            built.append(_build(ca, req, key_type, days))
         except NtspkiError as e:
             raise NtspkiError(f"{req.origin}: {e}" if req.origin else str(e), e.exit_code)
-        built.append((lineage, keys.private_pem(key), pki.cert_pem(cert), pki.CertInfo.of(cert)))
         if progress:
             progress(1)
     home.ensure()
     with home.lock():
-        return _write_many(home, ca, built, key_type, days)
-
-
-def _write_many(home: Home, ca, built, key_type: str, days: int) -> list[Issued]:
-    """Write a validated batch (caller holds the lock); durable at the end by one file-system sync.
-
-    Each ledger row commits right after its lineage's files (20 us a row, measured), so a batch
-    killed half-way leaves a ledger that matches what it wrote. Sequential on purpose: the time
-    goes into file-system metadata calls, and writer threads only fought over the GIL."""
-    out: list[Issued] = []
-    try:
-        for lineage, key_pem, cert_pem, info in built:
-            version = home.write_version(lineage, key_pem, cert_pem, ca.chain_pem, durable=False)
-            home.write_renewal(lineage, {"source": "internal", "sans": info.sans, "key_type": key_type,
-                                         "days": days}, durable=False)
-            home.ledger.record(lineage, version, info, key_type, "internal")
-            out.append(Issued(lineage, version, info.sans, info.serial, info.sha256, info.not_after, key_type,
-                              str(home.live / lineage)))
-    finally:
-        home.sync()
-    return out
+        try:
+            return [_write(home, ca, b, key_type, days, durable=False) for b in built]
+        finally:
+            home.sync()
 
 
 def read_batch_file(path: str) -> list[Request]:
     try:
-        text = Path(path).read_text() if path != "-" else __import__("sys").stdin.read()
+        text = Path(path).read_text() if path != "-" else sys.stdin.read()
     except OSError as e:
         raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
     return parse_batch(text, path)

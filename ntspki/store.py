@@ -162,7 +162,7 @@ class Home:
         # arrival is what makes the version complete (see `versions`).
         for kind, data in (("privkey", privkey), ("cert", cert), ("chain", chain)):
             _create(archive / f"{kind}{version}.pem", data, 0o600 if kind == "privkey" else 0o644, durable)
-        (fsutil.atomic_write if durable else _fast_write)(archive / f"fullchain{version}.pem", cert + chain, 0o644)
+        _writer(durable)(archive / f"fullchain{version}.pem", cert + chain, 0o644)
         self._link(name, version, fresh)
         if durable:
             fsutil.fsync_dir(live)
@@ -200,8 +200,7 @@ class Home:
             self.ledger.record(name, v, pki.CertInfo.of(cert), keys.key_type_of(cert.public_key()), source)
 
     def write_renewal(self, name: str, params: dict, durable: bool = True) -> None:
-        write = fsutil.atomic_write if durable else _fast_write
-        write(self.renewal / f"{name}.json", json.dumps(params, indent=2).encode() + b"\n", 0o600)
+        _writer(durable)(self.renewal / f"{name}.json", json.dumps(params, indent=2).encode() + b"\n", 0o600)
 
     def read_renewal(self, name: str) -> dict | None:
         try:
@@ -220,6 +219,11 @@ class Home:
             os.sync()
         finally:
             os.close(fd)
+
+
+def _writer(durable: bool):
+    """Replace-by-rename, with fsyncs (durable) or without (a batch, synced once at the end)."""
+    return fsutil.atomic_write if durable else _fast_write
 
 
 def _create(path: Path, data: bytes, mode: int, durable: bool) -> None:
