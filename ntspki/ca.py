@@ -30,6 +30,28 @@ def exists(home: Home) -> bool:
     return (home.ca_dir / "root.pem").exists()
 
 
+def refuse_overwrite(home: Home, force: bool) -> None:
+    if exists(home) and not force:
+        raise NtspkiError(
+            f"a CA already exists in {home.ca_dir}; its key would be lost "
+            "(use --force to replace it; the old one is kept aside)"
+        )
+
+
+def name_constraints(permit_dns=(), permit_ip=()) -> tuple[list[str], list[str]]:
+    """Checked, normalised --permit-dns domains and --permit-ip networks."""
+    import ipaddress
+
+    from ntspki import names
+
+    for net in permit_ip:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise NtspkiError(f"bad --permit-ip {net!r}: not an IP network", 2)
+    return [names.normalize_dns_name(d) for d in permit_dns], list(permit_ip)
+
+
 def create(
     home: Home,
     key_type: str = keys.DEFAULT_KEY_TYPE,
@@ -43,13 +65,9 @@ def create(
 ) -> CA:
     home.ensure()
     with home.lock():
+        refuse_overwrite(home, force)
         aside = None
         if exists(home):
-            if not force:
-                raise NtspkiError(
-                    f"a CA already exists in {home.ca_dir}; its key would be lost "
-                    "(use --force to replace it; the old one is kept aside)"
-                )
             aside = home.path / f"ca.old-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
         tag = secrets.token_hex(4)  # distinguishes CAs of different sites/labs in trust stores
         root_key = keys.generate(key_type)
@@ -100,9 +118,12 @@ def new_intermediate(
         key = keys.generate(key_type or keys.key_type_of(ca.intermediate_key))
         cn = ca.intermediate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
         inter = pki.make_intermediate(key, ca.root, root_key, cn, intermediate_days, permit_dns, permit_ip)
-        fsutil.atomic_write(home.private_dir / "intermediate.key.new", keys.private_pem(key), 0o600)
-        os.replace(home.ca_dir / "intermediate.pem", home.ca_dir / "intermediate.pem.old")
-        os.replace(home.private_dir / "intermediate.key", home.private_dir / "intermediate.key.old")
-        os.replace(home.private_dir / "intermediate.key.new", home.private_dir / "intermediate.key")
+        # The old pair stays in place (and is kept as *.old) until each new file replaces it in
+        # one rename: a crash never leaves the CA without an intermediate.
+        for path in (home.private_dir / "intermediate.key", home.ca_dir / "intermediate.pem"):
+            backup = path.with_name(path.name + ".old")
+            backup.unlink(missing_ok=True)
+            os.link(path, backup)
+        fsutil.atomic_write(home.private_dir / "intermediate.key", keys.private_pem(key), 0o600)
         fsutil.atomic_write(home.ca_dir / "intermediate.pem", pki.cert_pem(inter), 0o644)
     return CA(ca.root, inter, key)

@@ -54,24 +54,15 @@ def create(ctx, key_type, passphrase_file, no_passphrase, root_days, intermediat
            permit_dns, permit_ip, force, as_json):
     """Create a root CA and an intermediate CA that issues server certificates."""
     from ntspki import ca as ca_mod
-    from ntspki import names, pki
+    from ntspki import pki
 
     home = get_home(ctx)
     if no_passphrase and passphrase_file:
         fail("--no-passphrase and --passphrase-file contradict each other", 2)
-    dns = [names.normalize_dns_name(d) for d in permit_dns]
-    for net in permit_ip:
-        try:
-            import ipaddress
-
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            fail(f"bad --permit-ip {net!r}: not an IP network", 2)
-    if ca_mod.exists(home) and not force:
-        fail(f"a CA already exists in {home.ca_dir}; its key would be lost "
-             "(use --force to replace it; the old one is kept aside)")
+    dns, ips = ca_mod.name_constraints(permit_dns, permit_ip)
+    ca_mod.refuse_overwrite(home, force)  # before asking for a passphrase
     passphrase = None if no_passphrase else read_passphrase(passphrase_file, confirm=True)
-    made = ca_mod.create(home, key_type, passphrase, root_days, intermediate_days, dns, list(permit_ip), force)
+    made = ca_mod.create(home, key_type, passphrase, root_days, intermediate_days, dns, ips, force)
     result = {
         "home": str(home.path),
         "root": str(home.ca_dir / "root.pem"),
@@ -82,7 +73,7 @@ def create(ctx, key_type, passphrase_file, no_passphrase, root_days, intermediat
         "root_not_after": made.root.not_valid_after_utc.isoformat(),
         "intermediate_not_after": made.intermediate.not_valid_after_utc.isoformat(),
         "permit_dns": dns,
-        "permit_ip": list(permit_ip),
+        "permit_ip": ips,
     }
     if as_json:
         echo_json(result)
@@ -130,16 +121,15 @@ def show(ctx, as_json):
 def intermediate(ctx, passphrase_file, intermediate_days, permit_dns, permit_ip, as_json):
     """Replace the intermediate CA with a new one signed by the root (needs the root passphrase)."""
     from ntspki import ca as ca_mod
-    from ntspki import keys, names, pki
+    from ntspki import pki
 
     home = get_home(ctx)
-    ca_mod.load(home)
-    root_pem = (home.private_dir / "root.key").read_bytes()
-    encrypted = b"ENCRYPTED" in root_pem.split(b"\n", 1)[0]
+    dns, ips = ca_mod.name_constraints(permit_dns, permit_ip)
+    ca_mod.load(home)  # no CA: say so before asking for a passphrase
+    encrypted = b"ENCRYPTED" in (home.private_dir / "root.key").read_bytes().split(b"\n", 1)[0]
     passphrase = read_passphrase(passphrase_file, confirm=False) if encrypted else None
-    keys.load_private_pem(root_pem, passphrase, what="root CA key")  # wrong passphrase: fail early
-    dns = [names.normalize_dns_name(d) for d in permit_dns]
-    made = ca_mod.new_intermediate(home, passphrase, intermediate_days, dns, list(permit_ip))
+    # A wrong passphrase fails there, before anything is written.
+    made = ca_mod.new_intermediate(home, passphrase, intermediate_days, dns, ips)
     result = {"intermediate": str(home.ca_dir / "intermediate.pem"),
               "sha256": pki.fingerprint(made.intermediate),
               "not_after": made.intermediate.not_valid_after_utc.isoformat()}
