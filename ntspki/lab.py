@@ -82,17 +82,12 @@ class ChronyServer:
     def __init__(self, key: Path | str, cert: Path | str, workdir: Path | str | None = None,
                  user: str = "root", ntsprocesses: int = 1, ntsdumpdir: bool = True, extra: str = "",
                  ntp_port: int | None = None, nts_port: int | None = None):
-        self.key, self.cert = Path(key), Path(cert)
-        self.workdir = Path(workdir) if workdir else make_workdir()
+        self._locate(Path(workdir) if workdir else make_workdir(), user)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.user = user
+        self.key, self.cert = Path(key), Path(cert)
         self.ntp_port = ntp_port or free_port()
         self.nts_port = nts_port or free_port()
-        self.run_dir = self.workdir / "run"
         self.dump_dir = self.workdir / "dump" if ntsdumpdir else None
-        self.conf_path = self.workdir / "chronyd.conf"
-        self.log_path = self.workdir / "chronyd.log"
-        self.pid_path = self.run_dir / "chronyd.pid"
         lines = [
             f"port {self.ntp_port}",
             f"ntsport {self.nts_port}",
@@ -111,8 +106,27 @@ class ChronyServer:
         if self.dump_dir:
             lines.append(f"ntsdumpdir {self.dump_dir}")
         self.conf_path.write_text("\n".join(lines) + "\n" + extra)
+
+    def _locate(self, workdir: Path, user: str) -> None:
+        """Where a lab chronyd keeps its files, all under `workdir`."""
+        self.workdir, self.user = workdir, user
+        self.run_dir = workdir / "run"
+        self.conf_path = workdir / "chronyd.conf"
+        self.log_path = workdir / "chronyd.log"
+        self.pid_path = self.run_dir / "chronyd.pid"
         self.log_offset = 0
         self._started_pid: int | None = None
+
+    @classmethod
+    def existing(cls, workdir: Path | str, user: str = "root") -> "ChronyServer":
+        """The lab chronyd configured in `workdir` (for a restart from another process)."""
+        server = cls.__new__(cls)
+        server._locate(Path(workdir), user)
+        conf = dict(line.split(None, 1) for line in server.conf_path.read_text().splitlines() if " " in line)
+        server.key, server.cert = Path(conf["ntsserverkey"]), Path(conf["ntsservercert"])
+        server.ntp_port, server.nts_port = int(conf["port"]), int(conf["ntsport"])
+        server.dump_dir = Path(conf["ntsdumpdir"]) if "ntsdumpdir" in conf else None
+        return server
 
     # -- lifecycle ------------------------------------------------------------------------------
     def _prepare_dirs(self) -> None:
@@ -247,16 +261,7 @@ def _main(argv=None) -> int:
     r.add_argument("workdir")
     r.add_argument("--user", default="root")
     args = parser.parse_args(argv)
-    workdir = Path(args.workdir)
-    conf = (workdir / "chronyd.conf").read_text()
-    get = {line.split()[0]: line.split(None, 1)[1] for line in conf.splitlines() if line.strip()}
-    server = ChronyServer.__new__(ChronyServer)
-    server.workdir, server.user = workdir, args.user
-    server.run_dir, server.conf_path = workdir / "run", workdir / "chronyd.conf"
-    server.dump_dir = Path(get["ntsdumpdir"]) if "ntsdumpdir" in get else None
-    server.log_path, server.pid_path = workdir / "chronyd.log", Path(get["pidfile"])
-    server.nts_port = int(get["ntsport"])
-    server._started_pid = None
+    server = ChronyServer.existing(args.workdir, args.user)
     server.stop()
     try:
         server.start()
