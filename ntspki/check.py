@@ -91,10 +91,7 @@ class User:
 
     @property
     def group(self) -> str:
-        try:
-            return grp.getgrgid(self.gid).gr_name
-        except KeyError:
-            return str(self.gid)
+        return grp_name(self.gid)
 
     @classmethod
     def named(cls, name: str) -> "User":
@@ -103,10 +100,6 @@ class User:
         except KeyError:
             raise NtspkiError(f"no such user {name!r} (chronyd's run user)", 3)
         return cls(name, pw.pw_uid, pw.pw_gid, set(os.getgrouplist(name, pw.pw_gid)))
-
-
-def default_user() -> str:
-    return services.get("chrony").user()
 
 
 def may(st: os.stat_result, who: User, want: int) -> bool:
@@ -127,11 +120,14 @@ def owner_text(st: os.stat_result) -> str:
         user = pwd.getpwuid(st.st_uid).pw_name
     except KeyError:
         user = str(st.st_uid)
+    return f"{user}:{grp_name(st.st_gid)} {stat.S_IMODE(st.st_mode):04o}"
+
+
+def grp_name(gid: int) -> str:
     try:
-        group = grp.getgrgid(st.st_gid).gr_name
+        return grp.getgrgid(gid).gr_name
     except KeyError:
-        group = str(st.st_gid)
-    return f"{user}:{group} {stat.S_IMODE(st.st_mode):04o}"
+        return str(gid)
 
 
 def blocked_dir(path: str, who: User, depth: int = 0) -> tuple[str, os.stat_result] | None:
@@ -162,17 +158,14 @@ class Checker:
         self.do_probe, self.timeout = do_probe, timeout
         self.report = Report(conf.path, conf.files, who.name)
         self.local_leaves: list = []  # leaf certificates this machine serves (from disk)
-        self._store = None
 
     def add(self, severity, code, message, hint=None, path=None, where=None) -> None:
         self.report.findings.append(Finding(severity, code, message, hint, str(path) if path else None, where))
 
     def store(self):
-        if self._store is None:
-            from ntspki import probe
+        from ntspki import probe
 
-            self._store = probe.trust_store(self.ca_files)
-        return self._store
+        return probe.trust_store(self.ca_files)  # cached there
 
     @property
     def trust_text(self) -> str:
@@ -216,13 +209,13 @@ class Checker:
                 self.add("critical", "conf-syntax", f"{d.name} without a file name: chronyd refuses the "
                                                     "configuration", f"fix {d.where}", where=d.where)
                 return
-        for kd, cd in zip(keys, certs):
-            self.pair(kd, cd)
+        chains = [self.pair(kd, cd) for kd, cd in zip(keys, certs)]
         self.dumpdir()
         if self.do_probe:
-            self.probe_local(list(zip(keys, certs)))
+            self.probe_local(list(zip(certs, chains)))
 
-    def pair(self, kd: chronyconf.Directive, cd: chronyconf.Directive) -> None:
+    def pair(self, kd: chronyconf.Directive, cd: chronyconf.Directive) -> list:
+        """Check one ntsserverkey/ntsservercert pair; the chain read from the certificate file."""
         key_path, cert_path = kd.args[0], cd.args[0]
         chain = self.cert_file(cert_path, cd.where)
         key = self.key_file(key_path, kd.where)
@@ -242,6 +235,7 @@ class Checker:
                          "deploy the key and certificate of the same issuance together", key_path, kd.where)
         self.permissions(key_path, "key", kd.where)
         self.permissions(cert_path, "cert", cd.where)
+        return chain
 
     def cert_file(self, path: str, where: str) -> list:
         from cryptography import x509
@@ -256,10 +250,6 @@ class Checker:
         except ValueError:
             self.add("critical", "cert-unparsable", f"{path} holds no readable PEM certificate", None, path, where)
             return []
-        for i, c in enumerate(chain, 1):
-            left = (c.not_valid_after_utc - dt.datetime.now(dt.timezone.utc)).total_seconds() / 86400
-            self.report.certificates.append(CertState(path, i, c.subject.rfc4514_string(), pki.fingerprint(c),
-                                                      c.not_valid_after_utc.isoformat(), round(left, 3)))
         leaf = chain[0]
         cas = [_is_ca(c) for c in chain]
         ordered = True
@@ -311,10 +301,15 @@ class Checker:
         return chain
 
     def expiry(self, cert, path: str, position: int, where: str) -> None:
+        from ntspki import pki
+
         now = dt.datetime.now(dt.timezone.utc)
-        what = "the server certificate" if position == 1 else f"certificate #{position}"
-        label = f"{path}: {what} ({cert.subject.rfc4514_string()})"
+        subject = cert.subject.rfc4514_string()
         days = (cert.not_valid_after_utc - now).total_seconds() / 86400
+        self.report.certificates.append(CertState(path, position, subject, pki.fingerprint(cert),
+                                                  cert.not_valid_after_utc.isoformat(), round(days, 3)))
+        what = "the server certificate" if position == 1 else f"certificate #{position}"
+        label = f"{path}: {what} ({subject})"
         renew = "renew and redeploy it (ntspki renew / certbot renew, then ntspki deploy)"
         if cert.not_valid_before_utc > now:
             self.add("critical", "not-yet-valid", f"{label} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
@@ -333,7 +328,8 @@ class Checker:
 
     def key_file(self, path: str, where: str):
         from cryptography.hazmat.primitives import serialization
-        from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+        from ntspki import keys
 
         data = self.read(path, "key", where)
         if data is None:
@@ -346,12 +342,11 @@ class Checker:
                      "'Could not set credentials : Decryption has failed.'",
                      f"store it unencrypted, readable only by root and {self.who.name}", path, where)
             return None
-        except (ValueError, Exception) as e:
+        except Exception as e:
             self.add("critical", "key-unparsable", f"{path} is not a PEM private key ({e})", None, path, where)
             return None
-        loads = (isinstance(key, (ed25519.Ed25519PrivateKey, rsa.RSAPrivateKey))
-                 or (isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name in ("secp256r1", "secp384r1")))
-        if not loads:
+        key_type = keys.key_type_of(key)
+        if key_type not in ("ec-p256", "ec-p384", "ed25519") and not key_type.startswith("rsa-"):
             self.add("warning", "key-type", f"{path}: {type(key).__name__} keys are not known to load in chronyd",
                      "use EC P-256/P-384, Ed25519 or RSA", path, where)
         return key
@@ -422,30 +417,30 @@ class Checker:
 
     # -- --probe: is what is on disk what is served? ------------------------------------------------
     def probe_local(self, pairs) -> None:
+        """`pairs`: (ntsservercert directive, the chain read from its file) for each pair."""
         from cryptography import x509
 
         from ntspki import pki, probe
 
-        port = int(self.conf.value("ntsport", "4460"))
+        port = self.conf.ntsport()
         host = "127.0.0.1"
         for b in self.conf.all("bindaddress"):
             ip = names.parse_ip(b.args[0]) if b.args else None
             if ip is not None and not ip.is_unspecified:
                 host = str(ip)
                 break
-        for kd, cd in pairs:
-            try:
-                chain = x509.load_pem_x509_certificates(Path(cd.args[0]).read_bytes())
-            except (OSError, ValueError, IndexError):
-                continue  # already reported
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for cd, chain in pairs:
+            if not chain:
+                continue  # unreadable or unparsable: already reported
             disk = chain[0]
+            disk_sha256 = pki.fingerprint(disk)
             sans = pki.sans_of(disk)
             dns = [g.value for g in sans if isinstance(g, x509.DNSName) and "*" not in g.value]
             name = dns[0] if dns else (str(sans[0].value) if sans else host)
-            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             r = probe.probe(target, name=name, timeout=self.timeout, trust=self.store())
             label = f"NTS-KE at {target} (name {name})"
-            if r.chain and r.sha256 != pki.fingerprint(disk):
+            if r.chain and r.sha256 != disk_sha256:
                 served_nb = dt.datetime.fromisoformat(r.chain[0]["not_before"])
                 if disk.not_valid_before_utc > served_nb:
                     self.add("warning", "stale-served",
@@ -461,7 +456,7 @@ class Checker:
                 self.add("critical", "probe-failed", f"{label}: {r.error}",
                          "look for 'Could not set credentials' in chronyd's log" if r.stage == "tls" else None,
                          cd.args[0], cd.where)
-            elif r.sha256 == pki.fingerprint(disk):
+            elif r.sha256 == disk_sha256:
                 self.add("ok", "served", f"{label} serves the certificate on disk and answers authenticated NTP "
                                          f"(stratum {r.stratum})", path=cd.args[0])
 
@@ -476,8 +471,8 @@ class Checker:
                 trusted.setdefault(int(d.args[0]), []).append(d.args[1])
             elif d.args:
                 trusted.setdefault(0, []).append(d.args[0])
-            for path in d.args[-1:]:
-                self.trust_path(path, d.where)
+            if d.args:
+                self.trust_path(d.args[-1], d.where)
         system = self.conf.last("nosystemcert") is None
         for src in sources:
             files = trusted.get(src.certset, [])
@@ -537,13 +532,6 @@ class Checker:
             self.add("critical", "source-probe", f"{src.kind} {src.host}: {r.error}", None, where=where)
 
 
-def grp_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
 def _is_ca(cert) -> bool:
     from cryptography import x509
 
@@ -576,7 +564,7 @@ def check(conf_path: str | None = None, *, ca_files=(), user: str | None = None,
     if critical_days > warn_days:
         raise NtspkiError("--critical-days must not be more than --warn-days", 2)
     conf = chronyconf.parse(conf_path)
-    who = User.named(user or conf.value("user") or default_user())
+    who = User.named(user or conf.value("user") or services.get("chrony").user())
     return Checker(conf, who, ca_files, warn_days, critical_days, probe, timeout).run()
 
 
@@ -595,17 +583,15 @@ def prometheus_text(report: Report) -> str:
         "# TYPE ntspki_check_findings gauge",
     ]
     lines += [f'ntspki_check_findings{{severity="{s}"}} {n}' for s, n in report.counts().items()]
+    labels = [f'file="{_label(c.file)}",position="{c.position}",subject="{_label(c.subject)}",sha256="{c.sha256}"'
+              for c in report.certificates]
     lines += ["# HELP ntspki_cert_days_left Days until a certificate chronyd serves expires (negative: expired).",
               "# TYPE ntspki_cert_days_left gauge"]
-    for c in report.certificates:
-        labels = f'file="{_label(c.file)}",position="{c.position}",subject="{_label(c.subject)}",sha256="{c.sha256}"'
-        lines.append(f"ntspki_cert_days_left{{{labels}}} {c.days_left:.3f}")
+    lines += [f"ntspki_cert_days_left{{{lab}}} {c.days_left:.3f}" for lab, c in zip(labels, report.certificates)]
     lines += ["# HELP ntspki_cert_not_after_seconds Expiry time of a certificate chronyd serves (Unix time).",
               "# TYPE ntspki_cert_not_after_seconds gauge"]
-    for c in report.certificates:
-        labels = f'file="{_label(c.file)}",position="{c.position}",subject="{_label(c.subject)}",sha256="{c.sha256}"'
-        lines.append(f"ntspki_cert_not_after_seconds{{{labels}}} "
-                     f"{int(dt.datetime.fromisoformat(c.not_after).timestamp())}")
+    lines += [f"ntspki_cert_not_after_seconds{{{lab}}} {int(dt.datetime.fromisoformat(c.not_after).timestamp())}"
+              for lab, c in zip(labels, report.certificates)]
     lines += ["# HELP ntspki_check_timestamp_seconds When ntspki check last ran (Unix time).",
               "# TYPE ntspki_check_timestamp_seconds gauge",
               f"ntspki_check_timestamp_seconds {int(time.time())}"]

@@ -64,6 +64,11 @@ class ChronyConf:
         d = self.last(name)
         return d.args[0] if d and d.args else default
 
+    def ntsport(self) -> int:
+        """The NTS-KE port chronyd listens on (4460 unless set to a number)."""
+        port = self.value("ntsport")
+        return int(port) if port and port.isdigit() else 4460
+
     def sources(self) -> list[Source]:
         out = []
         for d in self.directives:

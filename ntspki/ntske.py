@@ -63,9 +63,6 @@ class Record:
     body: bytes
     critical: bool = False
 
-    def encode(self) -> bytes:
-        return encode_record(self.type, self.body, self.critical)
-
 
 def encode_record(rtype: int, body: bytes = b"", critical: bool = False) -> bytes:
     if len(body) > 0xFFFF:
@@ -542,20 +539,19 @@ def parse_ntp_reply(packet: bytes, request: NtpRequest, s2c: bytes, t4: float) -
         raise ProtocolError("ntp", "NTP reply does not echo our unique identifier"
                             if uids else "NTP reply has no unique identifier")
     auths = [(off, body) for t, off, body in efs if t == EF_AUTHENTICATOR]
-    if stratum == 0 and not auths:
-        code = refid.decode("ascii", "replace").rstrip("\x00")
-        if code == "NTSN":
+    kiss = refid.decode("ascii", "replace").rstrip("\x00") if stratum == 0 else None
+    if kiss is not None and not auths:
+        if kiss == "NTSN":
             raise ProtocolError("ntp", "server sent an NTS NAK (kiss code NTSN): it did not accept our cookie")
-        raise ProtocolError("ntp", f"unauthenticated kiss-o'-death reply (kiss code {code!r})")
+        raise ProtocolError("ntp", f"unauthenticated kiss-o'-death reply (kiss code {kiss!r})")
     if len(auths) != 1:
         raise ProtocolError("ntp", "NTP reply is not authenticated (no Authenticator field)"
                             if not auths else "NTP reply has more than one Authenticator field")
     offset, body = auths[0]
     plaintext = open_authenticator(s2c, packet, offset, body)
     cookies = [b for t, _, b in parse_efs(plaintext, 0) if t == EF_COOKIE] if plaintext else []
-    if stratum == 0:
-        code = refid.decode("ascii", "replace").rstrip("\x00")
-        raise ProtocolError("ntp", f"server sent kiss code {code!r}")
+    if kiss is not None:
+        raise ProtocolError("ntp", f"server sent kiss code {kiss!r}")
     return NtpReply(leap, version, stratum, refid, from_ntp_time(packet[32:40]), from_ntp_time(packet[40:48]),
                     t4, cookies)
 

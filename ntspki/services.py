@@ -147,6 +147,4 @@ def chrony_conf_facts(conf: Path | None) -> dict:
         parsed = chronyconf.parse(conf)
     except NtspkiError:
         return {"readable": False, "ntsdumpdir": None, "ntsport": 4460}
-    port = parsed.value("ntsport", "4460")
-    return {"readable": True, "ntsdumpdir": parsed.value("ntsdumpdir"),
-            "ntsport": int(port) if port and port.isdigit() else 4460}
+    return {"readable": True, "ntsdumpdir": parsed.value("ntsdumpdir"), "ntsport": parsed.ntsport()}
