@@ -2,7 +2,7 @@
 
     register(home, directory, ...)        account key (ES256) in HOME/accounts/<id>/, mode 0600
     obtain(home, OrderSpec(...), ...)      order, prove control, finalize, write the lineage
-    renewal_window(params, cert_pem)       the CA's ARI (RFC 9773) window for a certificate, if any
+    renewal_window(conn, cert)             the CA's ARI (RFC 9773) window for a certificate, if any
 
 Nothing is written to the lineage until the CA has issued and the certificate has been checked
 (key matches, every requested name present, issued by the chain's first certificate): a failed
@@ -36,13 +36,12 @@ import josepy as jose
 import requests
 from acme import challenges, client, errors as acme_errors, messages
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ntspki import fsutil, keys, names, pki
 from ntspki.errors import NtspkiError
 from ntspki.issue import Issued, Request
-from ntspki.store import Home, check_lineage_name
+from ntspki.store import Home
 
 DIRECTORIES = {
     "letsencrypt": "https://acme-v02.api.letsencrypt.org/directory",
@@ -50,7 +49,6 @@ DIRECTORIES = {
 }
 DEFAULT_DIRECTORY = "letsencrypt"  # as certbot: production unless told otherwise
 # ACME CAs sign ECDSA and RSA keys; none issues for Ed25519 (Let's Encrypt refuses the CSR).
-ACME_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 USER_AGENT = "ntspki (acme-python)"
 NETWORK_TIMEOUT = 30          # seconds per HTTP request
 VALIDATION_TIMEOUT = 180      # seconds for the CA to validate and issue
@@ -274,9 +272,7 @@ def _save_account(home: Home, account: Account) -> None:
     with home.lock():
         fsutil.make_private_dir(accounts_dir(home))
         fsutil.make_private_dir(d)
-        key_pem = account.key.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                serialization.NoEncryption())
-        fsutil.atomic_write(d / "private_key.pem", key_pem, 0o600)
+        fsutil.atomic_write(d / "private_key.pem", keys.private_pem(account.key.key), 0o600)
         meta = {k: v for k, v in account.to_dict().items() if k not in ("path", "new")}
         fsutil.atomic_write(d / "account.json", json.dumps(meta, indent=2).encode() + b"\n", 0o600)
 
@@ -355,12 +351,6 @@ class Challenge:
     http_address: str = ""          # "" = every address, as certbot --standalone
     dns_hook: str | None = None
     dns_wait: float = 0.0           # seconds to wait after the hook for DNS to propagate
-
-    @property
-    def mode(self) -> str:
-        if self.type == "dns-01":
-            return "dns-hook"
-        return "webroot" if self.webroot else "standalone"
 
     def check(self) -> "Challenge":
         if self.type not in ("http-01", "dns-01"):
@@ -469,7 +459,6 @@ class _Solver:
         self.progress = progress
         self.tokens: dict[str, str] = {}
         self.server = None
-        self.thread = None
         self.webroot_files: list[Path] = []
         self.webroot_dirs: list[Path] = []
         self.txt_set: list[tuple[str, str, str]] = []
@@ -508,8 +497,7 @@ class _Solver:
             except OSError as e:
                 raise NtspkiError(f"cannot listen on {where} for http-01: {e.strerror or e} "
                                   "(is a web server running there? use --webroot DIR, or --http-port)")
-            self.thread = threading.Thread(target=self.server.serve_forever, name="acme-http-01", daemon=True)
-            self.thread.start()
+            threading.Thread(target=self.server.serve_forever, name="acme-http-01", daemon=True).start()
             self.progress(f"answering http-01 on {where}")
         if self.txt_set and self.ch.dns_wait:
             self.progress(f"waiting {self.ch.dns_wait:g} s for DNS to propagate")
@@ -589,13 +577,12 @@ def ari_cert_id(cert: x509.Certificate) -> str:
     return f"{b64(aki)}.{b64(der_serial)}"
 
 
-def _csr(key, gns: list[x509.GeneralName]) -> bytes:
+def _csr(key, gns: list[x509.GeneralName]) -> x509.CertificateSigningRequest:
     first_dns = next((g.value for g in gns if isinstance(g, x509.DNSName)), None)
     subject = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, first_dns)] if first_dns else [])
-    csr = (x509.CertificateSigningRequestBuilder().subject_name(subject)
-           .add_extension(x509.SubjectAlternativeName(gns), critical=False)
-           .sign(key, keys.signature_hash(key)))
-    return csr.public_bytes(serialization.Encoding.PEM)
+    return (x509.CertificateSigningRequestBuilder().subject_name(subject)
+            .add_extension(x509.SubjectAlternativeName(gns), critical=False)
+            .sign(key, keys.signature_hash(key)))
 
 
 def _sleep_for(response, fallback: float, deadline: float) -> None:
@@ -624,8 +611,8 @@ def _poll_authorizations(conn: Connection, urls: list[str], deadline: float):
     return out
 
 
-def _finalize(conn: Connection, order_url: str, finalize_url: str, csr_pem: bytes, deadline: float) -> str:
-    csr = x509.load_pem_x509_csr(csr_pem)
+def _finalize(conn: Connection, order_url: str, finalize_url: str, csr: x509.CertificateSigningRequest,
+              deadline: float) -> str:
     try:
         conn.client._post(finalize_url, messages.CertificateRequest(csr=csr))
     except messages.Error as e:
@@ -654,7 +641,8 @@ def _check_issued(fullchain_pem: str, key, gns: list[x509.GeneralName]) -> list[
     leaf = certs[0]
     if not keys.key_matches_cert(key, leaf):
         raise NtspkiError("the CA returned a certificate for a different key")
-    missing = [names.san_text(g) for g in gns if g not in pki.sans_of(leaf)]
+    issued = pki.sans_of(leaf)
+    missing = [names.san_text(g) for g in gns if g not in issued]
     if missing:
         raise NtspkiError(f"the CA returned a certificate without {', '.join(missing)}")
     if len(certs) < 2:
@@ -683,17 +671,14 @@ def obtain(
     progress=_nothing,
 ) -> Issued:
     """Order a certificate for spec.name + spec.sans and write it as the lineage's next version."""
-    if spec.key_type not in ACME_KEY_TYPES:
-        raise NtspkiError(f"ACME CAs issue for {', '.join(ACME_KEY_TYPES)} keys, not {spec.key_type}", 2)
+    if spec.key_type not in keys.ACME_KEY_TYPES:
+        raise NtspkiError(f"ACME CAs issue for {', '.join(keys.ACME_KEY_TYPES)} keys, not {spec.key_type}", 2)
     spec.directory = resolve_directory(spec.directory)
     if spec.ca_bundle:
         spec.ca_bundle = str(Path(spec.ca_bundle).absolute())
     req = Request(spec.name, list(spec.sans))
-    if names.is_ip(spec.name):
-        raise NtspkiError(f"the certificate name must be a host name, not an address ({spec.name}); "
-                          "put addresses in --san", 2)
+    lineage = req.lineage
     gns = req.general_names
-    lineage = check_lineage_name(names.normalize_dns_name(spec.name))
     identifiers = [names.san_text(g) for g in gns]
     spec.challenge.check()
     if spec.challenge.type == "dns-01" and any(isinstance(g, x509.IPAddress) for g in gns):
@@ -718,7 +703,7 @@ def obtain(
     conn.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.uri)
 
     key = keys.generate(spec.key_type)
-    csr_pem = _csr(key, gns)
+    csr = _csr(key, gns)
     solver = _Solver(spec.challenge, progress)
     deadline = time.monotonic() + VALIDATION_TIMEOUT
     with ca_errors(spec.directory, "ordering from"):
@@ -758,7 +743,7 @@ def obtain(
                 conn.client.answer_challenge(challb, challb.response(account.key))
             _poll_authorizations(conn, list(body.authorizations), deadline)
             progress("finalizing")
-            fullchain = _finalize(conn, order_url, body.finalize, csr_pem, deadline)
+            fullchain = _finalize(conn, order_url, body.finalize, csr, deadline)
         finally:
             solver.cleanup()
     certs = _check_issued(fullchain, key, gns)
@@ -789,11 +774,9 @@ class RenewalWindow:
     explanation: str | None = None
 
 
-def renewal_window(params: dict, cert: x509.Certificate, conn: Connection | None = None) -> RenewalWindow | None:
+def renewal_window(conn: Connection, cert: x509.Certificate) -> RenewalWindow | None:
     """The CA's suggested renewal window for `cert` (RFC 9773), or None when the directory has no
     renewalInfo. Raises NtspkiError when the CA has ARI but cannot be asked."""
-    url = resolve_directory(params.get("directory"))
-    conn = conn or Connection(url, params.get("ca_bundle"))
     if not conn.has_ari():
         return None
     ari_url = conn.directory["renewalInfo"].rstrip("/") + "/" + ari_cert_id(cert)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from ntspki.cli import echo_json, fail, get_home, progress
+from ntspki.keys import ACME_KEY_TYPES
 
-ACME_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")  # = acmeclient.ACME_KEY_TYPES
 
 
 def _say(message: str) -> None:

@@ -38,6 +38,14 @@ class Request:
     def general_names(self):
         return names.unique_sans([self.name, *self.sans])
 
+    @property
+    def lineage(self) -> str:
+        """The lineage directory name: NAME as a normalised host name (never an address)."""
+        if names.is_ip(self.name):
+            raise NtspkiError(f"the certificate name must be a host name, not an address ({self.name}); "
+                              "put addresses in --san", 2)
+        return check_lineage_name(names.normalize_dns_name(self.name))
+
 
 def parse_batch(text: str, source: str = "batch file") -> list[Request]:
     """One `NAME [SAN ...]` a line; blank lines and `#` comments are ignored."""
@@ -75,11 +83,8 @@ class _Built:
 
 
 def _build(ca: ca_mod.CA, req: Request, key_type: str, days: int) -> _Built:
-    if names.is_ip(req.name):
-        raise NtspkiError(f"the certificate name must be a host name, not an address ({req.name}); "
-                          "put addresses in --san", 2)
+    lineage = req.lineage
     sans = req.general_names
-    lineage = check_lineage_name(names.normalize_dns_name(req.name))
     key = keys.generate(key_type)
     cert = pki.make_leaf(key, ca.intermediate, ca.intermediate_key, sans, days)
     # Nothing is written unless the chain verifies for every name and the key is the cert's.

@@ -9,6 +9,8 @@ from ntspki.errors import NtspkiError
 
 KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
 DEFAULT_KEY_TYPE = "ec-p256"
+# What ACME CAs (Let's Encrypt and others) issue for: no Ed25519.
+ACME_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 
 
 def generate(key_type: str):

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from cryptography import x509
@@ -42,6 +42,10 @@ class Plan:
     reason: str
     renew_after: str | None = None  # when it becomes due (the lifetime rule or the ARI moment)
     ari_window: list[str] | None = None
+    # What planning read, so renewing does not read it again: renewal/NAME.json and the current
+    # leaf (None when unreadable), which an ACME order names as the certificate it replaces.
+    params: dict = field(default_factory=dict, repr=False)
+    leaf: x509.Certificate | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -125,7 +129,7 @@ class _Directories:
 
 
 def plan(home: Home, name: str, force: bool = False, now: dt.datetime | None = None,
-         directories: _Directories | None = None, rng: random.Random | None = None) -> Plan:
+         directories: _Directories | None = None) -> Plan:
     now = now or _now()
     params = home.read_renewal(name) or {}
     source = params.get("source", "unknown")
@@ -134,10 +138,11 @@ def plan(home: Home, name: str, force: bool = False, now: dt.datetime | None = N
         leaf = pki.load_certs(lineage.cert, f"{name} cert.pem")[0]
     except NtspkiError as e:
         # A lineage that cannot be read is exactly one that needs a new version.
-        return Plan(name, source, 0, None, source in ("internal", "acme"), f"unreadable: {e}")
+        return Plan(name, source, 0, None, source in ("internal", "acme"), f"unreadable: {e}", params=params)
     start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     renew_after = end - (end - start) * DUE_FRACTION
-    p = Plan(name, source, lineage.version, end.isoformat(), False, "", renew_after.isoformat())
+    p = Plan(name, source, lineage.version, end.isoformat(), False, "", renew_after.isoformat(),
+             params=params, leaf=leaf)
     if source not in ("internal", "acme"):
         p.reason = "no renewal configuration (renewal/%s.json)" % name
         return p
@@ -149,14 +154,16 @@ def plan(home: Home, name: str, force: bool = False, now: dt.datetime | None = N
         return p
     ari_note = ""
     if source == "acme":
+        from ntspki import acmeclient
+
         try:
-            window = _ari_window(params, leaf, directories or _Directories())
+            window = acmeclient.renewal_window((directories or _Directories()).get(params), leaf)
         except NtspkiError as e:
             window, ari_note = None, f" (ARI not checked: {e})"
         if window is not None:
             # RFC 9773 section 4.2: a uniformly random moment in the window spreads the CA's load.
             # The window can only bring a renewal forward: the lifetime rule still applies.
-            moment = window.start + (window.end - window.start) * (rng or random).random()
+            moment = window.start + (window.end - window.start) * random.random()
             p.ari_window = [window.start.isoformat(), window.end.isoformat()]
             p.renew_after = min(moment, renew_after).isoformat()
             why = f"the CA's renewal window {window.start:%Y-%m-%d %H:%M} .. {window.end:%Y-%m-%d %H:%M} UTC"
@@ -174,14 +181,8 @@ def plan(home: Home, name: str, force: bool = False, now: dt.datetime | None = N
     return p
 
 
-def _ari_window(params: dict, leaf: x509.Certificate, directories: _Directories):
-    from ntspki import acmeclient
-
-    return acmeclient.renewal_window(params, leaf, conn=directories.get(params))
-
-
 def _renew_one(home: Home, p: Plan, progress) -> Outcome:
-    params = home.read_renewal(p.name) or {}
+    params = p.params
     out = Outcome(p.name, p.source, True, p.reason)
     try:
         if p.source == "internal":
@@ -193,11 +194,7 @@ def _renew_one(home: Home, p: Plan, progress) -> Outcome:
             from ntspki import acmeclient
 
             spec = acmeclient.OrderSpec.from_renewal(p.name, params)
-            try:
-                replaces = pki.load_certs(home.read_lineage(p.name).cert)[0]
-            except NtspkiError:
-                replaces = None
-            issued = acmeclient.obtain(home, spec, replaces=replaces,
+            issued = acmeclient.obtain(home, spec, replaces=p.leaf,
                                        progress=lambda msg: progress(f"{p.name}: {msg}"))
         out.renewed, out.version, out.not_after = True, issued.version, issued.not_after
     except NtspkiError as e:

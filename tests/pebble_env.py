@@ -31,8 +31,6 @@ Import it in test modules as `from tests.pebble_env import start_pebble` (tests/
 from __future__ import annotations
 
 import atexit
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -45,11 +43,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-
+from ntspki import fsutil, keys, names, pki
 from ntspki.lab import free_port
 
 
@@ -75,33 +69,13 @@ CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtest
 
 def _listener_cert(workdir: Path) -> tuple[Path, Path, Path]:
     """A throwaway CA and a cert for 127.0.0.1/localhost that pebble serves HTTPS with."""
-    now = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "pebble listener test CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now).not_valid_after(now + dt.timedelta(days=2))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-          .sign(ca_key, hashes.SHA256()))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now).not_valid_after(now + dt.timedelta(days=2))
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.SubjectAlternativeName([
-                x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca_key, key = keys.generate("ec-p256"), keys.generate("ec-p256")
+    ca = pki.make_root(ca_key, "pebble listener test CA", days=3)
+    cert = pki.make_leaf(key, ca, ca_key, names.unique_sans(["localhost", "127.0.0.1"]), days=2)
     bundle, cert_path, key_path = workdir / "pebble-ca.pem", workdir / "pebble-listener.pem", workdir / "pebble-listener.key"
-    bundle.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    os.chmod(key_path, 0o600)
+    bundle.write_bytes(pki.cert_pem(ca))
+    cert_path.write_bytes(pki.cert_pem(cert))
+    fsutil.atomic_write(key_path, keys.private_pem(key), 0o600)
     return bundle, cert_path, key_path
 
 
