@@ -85,12 +85,10 @@ def deploy(ctx, names, all_, sources, config, dry_run, force, recover, as_json, 
     from ntspki import deploy as engine
 
     engine.configure_logging("ntspki deploy", logging.WARNING if quiet else logging.INFO)
-    if oneoff.get("probe") in ("none", "off"):
-        oneoff["probe"] = False
     targets, why_none = _targets(ctx, names, all_, sources, config, oneoff)
     if not targets:
         if as_json:
-            echo_json({"ok": True, "exit_code": 0, "targets": [], "actions": [], "warnings": [], "note": why_none})
+            echo_json(engine.DeployReport(note=why_none).to_dict())
         else:
             click.echo(f"nothing to deploy: {why_none}")
         return
@@ -130,6 +128,7 @@ def watch(ctx, config, poll, poll_interval, debounce):
     from pathlib import Path
 
     from ntspki import deploy as engine
+    from ntspki.deployconfig import default_config_path
     from ntspki.watch import Watcher
 
     engine.configure_logging("ntspki watch")
@@ -139,7 +138,7 @@ def watch(ctx, config, poll, poll_interval, debounce):
     def load():
         targets = engine.load_targets(home, config_path)
         if targets is None:
-            fail(f"no deploy config ({home.path / 'deploy.toml'}): nothing to watch", 2)
+            fail(f"no deploy config ({default_config_path(home)}): nothing to watch", 2)
         return targets
 
     watcher = Watcher(load, lock_path=engine.default_lock_path(home), poll=poll,
@@ -165,12 +164,13 @@ def install(ctx, client, directory, force, as_json):
     from pathlib import Path
 
     from ntspki import deploy as engine
+    from ntspki.deployconfig import default_config_path
 
     home = get_home(ctx)
-    argv = [sys.executable, "-m", "ntspki", "--home", str(Path(home.path).absolute())]
+    argv = [sys.executable, "-m", "ntspki", "--home", str(home.path)]  # Home.path is absolute
     path, changed = engine.install_certbot_hook(Path(directory), argv, force)
     if as_json:
         echo_json({"client": client, "path": str(path), "changed": changed, "command": argv})
         return
     click.echo(f"{'installed' if changed else 'already installed'}: {path}")
-    click.echo(f"  certbot runs it after every renewal; it deploys the targets in {home.path / 'deploy.toml'}")
+    click.echo(f"  certbot runs it after every renewal; it deploys the targets in {default_config_path(home)}")

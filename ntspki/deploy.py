@@ -34,15 +34,15 @@ import os
 import pwd
 import signal
 import ssl
-import socket
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from ntspki import fsutil, keys, names, pki, services
+from ntspki import deployconfig, fsutil, keys, names, pki, services
 from ntspki.deployconfig import Target
 from ntspki.errors import NtspkiError
+from ntspki.store import Home, read_live_dir
 
 log = logging.getLogger("ntspki.deploy")
 
@@ -92,13 +92,12 @@ class Pair:
 
 
 def _system_roots() -> list:
-    from cryptography import x509
-
+    # pki.verify_chain takes a list of certificates, not the OpenSSL store probe.trust_store
+    # builds, so the system bundle is read here.
     paths = ssl.get_default_verify_paths()
     for f in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
         if f and os.path.isfile(f):
-            with open(f, "rb") as fh:
-                return x509.load_pem_x509_certificates(fh.read())
+            return pki.load_certs(Path(f).read_bytes(), f)
     return []
 
 
@@ -116,8 +115,6 @@ def _roots(target: Target) -> list:
 
 def load_source(target: Target) -> Pair:
     """Read the target's lineage and check everything the server will need. Raises NtspkiError."""
-    from ntspki.store import read_live_dir
-
     src = target.source_dir
     lineage = read_live_dir(src, target.source)
     try:
@@ -176,19 +173,24 @@ def _journal(target: Target) -> Path:
     return target.cert.parent / f".{target.cert.name}.ntspki-journal"
 
 
-def _reader(target: Target):
-    """(user, uid, gids) the server reads its files as, when that user exists here."""
-    if target.server_user and target.server_user.isdigit():
-        return target.server_user, int(target.server_user), set()  # a container's uid, no groups known
-    for user in ([target.server_user] if target.server_user else target.service.users):
-        try:
-            pw = pwd.getpwnam(user)
-        except KeyError:
-            if target.server_user:
-                raise NtspkiError(f"target {target.name!r}: no such user {user!r} (server_user)")
-            continue
-        return user, pw.pw_uid, set(os.getgrouplist(user, pw.pw_gid))
-    return None
+def _reader(target: Target) -> tuple[str, int, set]:
+    """(user, uid, gids) the server reads its files as (root, who reads anything, when none of
+    the service's users exists here)."""
+    user = target.server_user or target.service.user()
+    if user.isdigit():
+        return user, int(user), set()  # a container's uid, no groups known
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise NtspkiError(f"target {target.name!r}: no such user {user!r} (server_user)")
+    return user, pw.pw_uid, set(os.getgrouplist(user, pw.pw_gid))
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    while not path.exists():
+        path = path.parent
+    return path
 
 
 def _can(uid: int, gids: set, owner: int, group: int, mode: int, bit: int) -> bool:
@@ -210,9 +212,7 @@ def check_destination(target: Target) -> None:
                               "the real file)")
         if path.exists() and not path.is_file():
             raise NtspkiError(f"{path} exists and is not a regular file")
-        d = path.parent
-        while not d.exists():
-            d = d.parent
+        d = _existing(path.parent)
         st = d.stat()
         if st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0):
             raise NtspkiError(f"{d} is writable by other users: they could replace the "
@@ -221,14 +221,9 @@ def check_destination(target: Target) -> None:
         if st.st_uid not in (0, os.geteuid()):
             raise NtspkiError(f"{d} belongs to uid {st.st_uid}, who could replace the files; "
                               "use a directory owned by root")
-    reader = _reader(target)
-    if reader is None:
-        return
-    user, uid, gids = reader
+    user, uid, gids = _reader(target)
     for path, mode in ((target.key, target.key_mode), (target.cert, target.cert_mode)):
-        d = path.parent
-        while not d.exists():
-            d = d.parent
+        d = _existing(path.parent)
         for anc in [d, *d.parents]:
             st = anc.stat()
             if not _can(uid, gids, st.st_uid, st.st_gid, st.st_mode, 1):
@@ -252,10 +247,7 @@ def read_pair(key_path: Path, cert_path: Path) -> Pair | None:
         pair = Pair(key_path.read_bytes(), cert_path.read_bytes(), _meta(key_path), _meta(cert_path))
     except OSError:
         return None
-    try:
-        return pair if pair.matches() else None
-    except NtspkiError:
-        return None
+    return pair if pair.matches() else None
 
 
 def recover(target: Target) -> str | None:
@@ -290,16 +282,20 @@ def _mkdirs(path: Path) -> None:
         os.chmod(d, 0o755)
 
 
+def _owners_modes(target: Target, pair: Pair) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(uid, gid, mode) to write the key and the certificate with: the pair's own when it was read
+    from a destination, else the target's. A key is never left readable by others, even restored."""
+    uid, gid, mode = pair.key_meta or (target.uid, target.gid, target.key_mode)
+    return (uid, gid, mode & ~0o007), pair.cert_meta or (target.uid, target.gid, target.cert_mode)
+
+
 def install(target: Target, pair: Pair) -> None:
     """Put `pair` at the destinations: staged with final owner/mode, journalled, key then cert."""
     for p in (target.key, target.cert):
         _mkdirs(p.parent)
-    uid, gid, key_mode, cert_mode = target.uid, target.gid, target.key_mode, target.cert_mode
-    key_meta = pair.key_meta or (uid, gid, key_mode)
-    key_meta = (key_meta[0], key_meta[1], key_meta[2] & ~0o007)  # never world-readable, even restored
-    cert_meta = pair.cert_meta or (uid, gid, cert_mode)
-    fsutil.atomic_write(_staged(target.key), pair.key_pem, key_meta[2], key_meta[0], key_meta[1])
-    fsutil.atomic_write(_staged(target.cert), pair.cert_pem, cert_meta[2], cert_meta[0], cert_meta[1])
+    (kuid, kgid, kmode), (cuid, cgid, cmode) = _owners_modes(target, pair)
+    fsutil.atomic_write(_staged(target.key), pair.key_pem, kmode, kuid, kgid)
+    fsutil.atomic_write(_staged(target.cert), pair.cert_pem, cmode, cuid, cgid)
     journal = {"key": str(target.key), "cert": str(target.cert), "sha256": pair.fingerprint}
     fsutil.atomic_write(_journal(target), json.dumps(journal).encode(), 0o600)
     _step("staged", target.name)
@@ -315,9 +311,9 @@ def install(target: Target, pair: Pair) -> None:
 
 def save_previous(target: Target, pair: Pair) -> None:
     """NAME.key.previous and NAME.crt.previous, with the owner and mode the pair had."""
-    for path, data, meta in ((target.key, pair.key_pem, pair.key_meta), (target.cert, pair.cert_pem, pair.cert_meta)):
-        uid, gid, mode = meta or (target.uid, target.gid, target.key_mode if path == target.key else target.cert_mode)
-        fsutil.atomic_write(_previous(path), data, mode & ~0o007 if path == target.key else mode, uid, gid)
+    key_meta, cert_meta = _owners_modes(target, pair)
+    for path, data, (uid, gid, mode) in ((target.key, pair.key_pem, key_meta), (target.cert, pair.cert_pem, cert_meta)):
+        fsutil.atomic_write(_previous(path), data, mode, uid, gid)
 
 
 def _fix_metadata(target: Target) -> bool:
@@ -336,21 +332,19 @@ def _fix_metadata(target: Target) -> bool:
 # ---- is the server serving it? ----------------------------------------------------------------
 
 def served_fingerprint(host: str, port: int = 4460, name: str | None = None, timeout: float = 5.0) -> str:
-    """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1), with
-    nothing but the standard library. No chain check: the fingerprint pins the exact certificate.
-    Raises OSError (ssl.SSLError included) when there is no handshake."""
-    import hashlib
+    """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1): probe's
+    handshake without its chain and name checks, since the fingerprint pins the exact certificate.
+    Raises ntske.ProtocolError when there is no such handshake."""
+    from ntspki import ntske
 
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.set_alpn_protocols(["ntske/1"])
     sni = name if name and not names.is_ip(name) else None
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        with ctx.wrap_socket(sock, server_hostname=sni) as tls:
-            der = tls.getpeercert(binary_form=True)
-    return hashlib.sha256(der).hexdigest()
+    with ntske.KeClient(host, port, sni, timeout) as client:
+        client.connect()
+        session = client.handshake()
+        client.check_protocol()
+    if not session.chain:
+        raise ntske.ProtocolError("tls", "the server sent no certificate")
+    return pki.fingerprint(session.chain[0])
 
 
 def check_served(target: Target, fingerprint: str, name: str, timeout: float,
@@ -371,12 +365,13 @@ def check_served(target: Target, fingerprint: str, name: str, timeout: float,
 
 
 def _pinned_once(target: Target, fingerprint: str, name: str, timeout: float) -> tuple[bool, str | None, str]:
+    from ntspki.ntske import ProtocolError
     from ntspki.probe import parse_target
 
     host, port = parse_target(target.probe)
     try:
         served = served_fingerprint(host, port, name, timeout)
-    except OSError as e:
+    except ProtocolError as e:
         return False, None, f"no TLS handshake with {target.probe}: {e}"
     if served != fingerprint:
         return False, served, f"serves sha256 {served}, not {fingerprint}"
@@ -438,16 +433,19 @@ class _Plan:
     write: bool        # False: already on disk, only the restart is missing
     command: list[str]
     name: str          # the name the probe checks
+    result: TargetResult
+
+
+def _home(home) -> Home:
+    """A Home from a Home, a path, or None (the default home)."""
+    return home if isinstance(home, Home) else Home(home)
 
 
 def default_lock_path(home=None) -> Path:
     """One lock per host for root (every home, hook and watcher restarts the same server)."""
     if os.geteuid() == 0 and os.access("/run", os.W_OK):
         return Path("/run/ntspki-deploy.lock")
-    from ntspki.store import Home
-
-    home = home if home is not None else Home()
-    path = Path(getattr(home, "path", home))
+    path = _home(home).path
     path.mkdir(parents=True, exist_ok=True)
     return path / ".deploy.lock"
 
@@ -536,9 +534,9 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
             # What was there before this certificate was installed (by an interrupted run).
             old = read_pair(_previous(t.key), _previous(t.cert))
             result.previous_sha256 = old.fingerprint if old else None
-            plan = _Plan(t, new, old, False, command, name)
+            plan = _Plan(t, new, old, False, command, name, result)
         else:
-            plan = _Plan(t, new, current, True, command, name)
+            plan = _Plan(t, new, current, True, command, name, result)
         if dry_run:
             result.status = "would-deploy"
             result.message = f"would {'write and ' if plan.write else ''}run {' '.join(command)}"
@@ -579,13 +577,12 @@ def _run(command: list[str], report: DeployReport, why: str) -> bool:
 
 def _apply(command: list[str], group: list[_Plan], report: DeployReport) -> None:
     """Restart once for the whole group, probe each target, roll back the ones not served."""
-    results = {r.name: r for r in report.targets}
     _warn_ntsdumpdir(group, report)
     restarted = _run(command, report, f"load new certificate for {', '.join(p.target.name for p in group)}")
     _step("restarted")
     failed = []
     for plan in group:
-        r = results[plan.target.name]
+        r = plan.result
         if not restarted:
             failed.append((plan, "the restart command failed"))
             continue
@@ -605,10 +602,9 @@ def _apply(command: list[str], group: list[_Plan], report: DeployReport) -> None
 
 
 def _roll_back(command, failed, group, report) -> None:
-    results = {r.name: r for r in report.targets}
     restored = []
     for plan, why in failed:
-        r = results[plan.target.name]
+        r = plan.result
         log.error("%s: %s", plan.target.name, why)
         if plan.old is None:
             r.status, r.exit_code = "failed", BROKEN
@@ -627,7 +623,7 @@ def _roll_back(command, failed, group, report) -> None:
     again = _run(command, report, "roll back to the previous certificate")
     _step("restarted-again")
     for plan, why in restored:
-        r = results[plan.target.name]
+        r = plan.result
         if plan.target.probe is None:
             ok, served = again, None
         else:
@@ -645,7 +641,7 @@ def _roll_back(command, failed, group, report) -> None:
         log.error("%s: %s", plan.target.name, r.message)
     # Targets in the same group that were fine were restarted again too: check they still are.
     for plan in group:
-        r = results[plan.target.name]
+        r = plan.result
         if r.status == "deployed" and plan.target.probe is not None:
             ok, served, detail = check_served(plan.target, plan.new.fingerprint, plan.name, plan.target.probe_timeout)
             if not ok:
@@ -657,11 +653,7 @@ def _roll_back(command, failed, group, report) -> None:
 
 def load_targets(home=None, config_path: Path | None = None) -> list[Target] | None:
     """The configured targets; None when there is no config at the default place."""
-    from ntspki import deployconfig
-    from ntspki.store import Home
-
-    if home is None or isinstance(home, (str, Path)):
-        home = Home(home)
+    home = _home(home)
     if config_path is None:
         config_path = deployconfig.default_config_path(home)
         if not config_path.exists():
@@ -672,8 +664,6 @@ def load_targets(home=None, config_path: Path | None = None) -> list[Target] | N
 def deploy_lineages(live_dirs: list[Path], home=None, config_path: Path | None = None) -> DeployReport:
     """Deploy every configured target whose source is one of `live_dirs` (after a renewal).
     No config: nothing to do. Config mistakes raise NtspkiError; deploy failures are in the report."""
-    from ntspki import deployconfig
-
     targets = load_targets(home, config_path)
     if targets is None:
         return DeployReport(note="no deploy config: nothing to deploy")

@@ -141,7 +141,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         from ntspki.store import check_lineage_name
 
         lineage = check_lineage_name(source)
-        source_dir = Path(home.path) / "live" / lineage
+        source_dir = home.live / lineage
     default_dir = Path(service.default_dir)
     cert = path(settings["cert"], "cert") if "cert" in settings else default_dir / f"{name}.crt"
     key = path(settings["key"], "key") if "key" in settings else default_dir / f"{name}.key"
@@ -154,7 +154,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         raise NtspkiError(f"{where}: ca must be a file or a list of files", 2)
     ca_paths = [path(c, "ca") for c in ca]
     if not ca_paths and lineage is not None:
-        ca_paths = [Path(home.path) / "ca" / "root.pem"]
+        ca_paths = [home.ca_dir / "root.pem"]
 
     conf = settings.get("service_conf")
     service_conf = path(conf, "service_conf") if conf else service.conf_file()

@@ -64,12 +64,10 @@ def _ready(target: Target) -> bool:
 
 class Watcher:
     def __init__(self, load_targets: Callable[[], list[Target]], lock_path: Path | None = None,
-                 poll: bool = False, poll_interval: float = 2.0, debounce: float = 0.2,
-                 on_deploy: Callable[[engine.DeployReport], None] | None = None):
+                 poll: bool = False, poll_interval: float = 2.0, debounce: float = 0.2):
         self.load_targets = load_targets
         self.lock_path = lock_path
         self.poll, self.poll_interval, self.debounce = poll, poll_interval, debounce
-        self.on_deploy = on_deploy
         self.targets: list[Target] = []
         self.pending: dict[str, float] = {}      # target name -> first change seen (monotonic)
         self.last_event: dict[str, float] = {}   # target name -> last change seen
@@ -137,14 +135,6 @@ class Watcher:
             self.observer = None
 
     # -- control ----------------------------------------------------------------------------
-    def stop(self) -> None:
-        self.stopping = True
-        self.wake.set()
-
-    def request_reload(self) -> None:
-        self.reload_requested = True
-        self.wake.set()
-
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
@@ -167,17 +157,12 @@ class Watcher:
         log.info("deploying %s (%s)", ", ".join(t.name for t in targets), why)
         try:
             report = engine.deploy(targets, lock_path=self.lock_path)
-        except NtspkiError as e:
-            log.error("deploy failed: %s", e)
-            return
-        except OSError as e:
+        except (NtspkiError, OSError) as e:
             log.error("deploy failed: %s", e)
             return
         for r in report.targets:
             level = logging.INFO if r.exit_code == 0 else logging.ERROR
             log.log(level, "%s: %s: %s", r.name, r.status, r.message)
-        if self.on_deploy:
-            self.on_deploy(report)
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> None:

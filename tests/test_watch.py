@@ -17,6 +17,7 @@ from cryptography import x509
 
 from ntspki import ca as ca_mod
 from ntspki import deploy, fsutil, keys, pki
+from ntspki.ntske import ProtocolError
 from tests.conftest import NTSPKI
 from tests.deploy_env import DeployLab
 
@@ -48,7 +49,7 @@ def wait_for(condition, timeout: float, what: str, watcher: WatchProcess | None 
     while time.monotonic() < deadline:
         try:
             value = condition()
-        except OSError:
+        except ProtocolError:  # chronyd is restarting: nothing served for a moment
             value = None
         if value:
             return value
