@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ntspki import deploy  # noqa: E402
+from ntspki import probe  # noqa: E402
 from ntspki.ntske import ProtocolError  # noqa: E402
 from tests.conftest import NTSPKI  # noqa: E402
 from tests.deploy_env import DeployLab  # noqa: E402
@@ -83,7 +83,7 @@ def main() -> int:
             deployed.append(time.monotonic() - t0)
             while True:
                 try:
-                    if deploy.served_fingerprint("127.0.0.1", dl.server.nts_port, "ntpserver", 1.0) == want:
+                    if probe.served_fingerprint("127.0.0.1", dl.server.nts_port, "ntpserver", 1.0) == want:
                         break
                 except ProtocolError:  # chronyd is restarting
                     pass

@@ -331,22 +331,6 @@ def _fix_metadata(target: Target) -> bool:
 
 # ---- is the server serving it? ----------------------------------------------------------------
 
-def served_fingerprint(host: str, port: int = 4460, name: str | None = None, timeout: float = 5.0) -> str:
-    """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1): probe's
-    handshake without its chain and name checks, since the fingerprint pins the exact certificate.
-    Raises ntske.ProtocolError when there is no such handshake."""
-    from ntspki import ntske
-
-    sni = name if name and not names.is_ip(name) else None
-    with ntske.KeClient(host, port, sni, timeout) as client:
-        client.connect()
-        session = client.handshake()
-        client.check_protocol()
-    if not session.chain:
-        raise ntske.ProtocolError("tls", "the server sent no certificate")
-    return pki.fingerprint(session.chain[0])
-
-
 def check_served(target: Target, fingerprint: str, name: str, timeout: float,
                  verify: bool = True) -> tuple[bool, str | None, str]:
     """Probe until the server serves `fingerprint` or `timeout` passes: (ok, served sha256, detail).
@@ -366,7 +350,7 @@ def check_served(target: Target, fingerprint: str, name: str, timeout: float,
 
 def _pinned_once(target: Target, fingerprint: str, name: str, timeout: float) -> tuple[bool, str | None, str]:
     from ntspki.ntske import ProtocolError
-    from ntspki.probe import parse_target
+    from ntspki.probe import parse_target, served_fingerprint
 
     host, port = parse_target(target.probe)
     try:

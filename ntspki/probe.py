@@ -356,3 +356,19 @@ def probe_many(targets: list[str], *, concurrency: int = 16, progress=None, **kw
         return [one(t) for t in targets]
     with ThreadPoolExecutor(max_workers=min(concurrency, len(targets))) as pool:
         return list(pool.map(one, targets))
+
+
+def served_fingerprint(host: str, port: int = 4460, name: str | None = None, timeout: float = 5.0) -> str:
+    """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1): probe's
+    handshake without its chain and name checks, since the fingerprint pins the exact certificate.
+    Raises ntske.ProtocolError when there is no such handshake."""
+    from ntspki import ntske, pki
+
+    sni = name if name and not names.is_ip(name) else None
+    with ntske.KeClient(host, port, sni, timeout) as client:
+        client.connect()
+        session = client.handshake()
+        client.check_protocol()
+    if not session.chain:
+        raise ntske.ProtocolError("tls", "the server sent no certificate")
+    return pki.fingerprint(session.chain[0])

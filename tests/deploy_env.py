@@ -15,7 +15,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ntspki import deploy, deployconfig, issue, lab
+from ntspki import deploy, deployconfig, issue, lab, probe
 from tests.conftest import make_site, run_cli
 
 SANS = ["ntpserver-ipv6", "127.0.0.1", "::1"]
@@ -78,7 +78,7 @@ class DeployLab:
         return deploy.read_pair(self.key, self.cert)
 
     def served(self) -> str:
-        return deploy.served_fingerprint("127.0.0.1", self.server.nts_port, "ntpserver")
+        return probe.served_fingerprint("127.0.0.1", self.server.nts_port, "ntpserver")
 
     def restarts(self) -> int:
         try:
