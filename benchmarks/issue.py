@@ -34,15 +34,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ntspki import keys, names, pki
+from ntspki import pki
+from ntspki.pki import keys, names
 
 NTSPKI = [sys.executable, "-m", "ntspki"]
 
 
 def fleet(count: int) -> list[tuple[str, list[str]]]:
     """The shape of a real NTS fleet: a name, its IPv6-only name and an address."""
-    return [(f"ntp{i}.site.example", [f"ntp{i}-ipv6.site.example", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"])
-            for i in range(count)]
+    return [
+        (f"ntp{i}.site.example", [f"ntp{i}-ipv6.site.example", f"10.{i // 65536}.{i // 256 % 256}.{i % 256}"])
+        for i in range(count)
+    ]
 
 
 def run(cmd, **kw) -> subprocess.CompletedProcess:
@@ -70,13 +73,21 @@ def bench_raw(home: Path, requests, key_type: str, made: list) -> float:
     aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key())
     algorithm = keys.signature_hash(issuer_key)
     sans = [names.unique_sans([name, *more]) for name, more in requests]  # parsing is not timed
-    usage = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=key_type.startswith("rsa"),
-                          data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
-                          encipher_only=False, decipher_only=False)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=key_type.startswith("rsa"),
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=False,
+        crl_sign=False,
+        encipher_only=False,
+        decipher_only=False,
+    )
     start = time.perf_counter()
     for (name, _), san in zip(requests, sans):
         key = keys.generate(key_type)
-        begin = dt.datetime.now(dt.timezone.utc)
+        begin = dt.datetime.now(dt.UTC)
         cert = (
             x509.CertificateBuilder()
             .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
@@ -129,13 +140,35 @@ def bench_openssl(base: Path, home: Path, requests, key_type: str) -> float:
     for i, (name, more) in enumerate(requests):
         key, csr, crt, ext = (out / f"{i}.{s}" for s in ("key", "csr", "crt", "ext"))
         san = ",".join(f"IP:{v}" if names.is_ip(v) else f"DNS:{v}" for v in (name, *more))
-        ext.write_text(f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
-                       "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
-                       "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n")
+        ext.write_text(
+            f"subjectAltName={san}\nbasicConstraints=critical,CA:FALSE\n"
+            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+            "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+        )
         run(["openssl", "genpkey", *OPENSSL_ALGORITHM[key_type], "-out", key])
         run(["openssl", "req", "-new", "-key", key, "-subj", f"/CN={name}", "-out", csr])
-        run(["openssl", "x509", "-req", "-in", csr, "-CA", ca_cert, "-CAkey", ca_key, "-CAcreateserial",
-             "-CAserial", out / "serial", "-days", "90", "-extfile", ext, "-out", crt])
+        run(
+            [
+                "openssl",
+                "x509",
+                "-req",
+                "-in",
+                csr,
+                "-CA",
+                ca_cert,
+                "-CAkey",
+                ca_key,
+                "-CAcreateserial",
+                "-CAserial",
+                out / "serial",
+                "-days",
+                "90",
+                "-extfile",
+                ext,
+                "-out",
+                crt,
+            ]
+        )
     return time.perf_counter() - start
 
 
@@ -177,18 +210,26 @@ def main(argv=None) -> int:
         "openssl": args.openssl_sample / t_openssl,
     }
     vs_raw, vs_openssl = rate["ntspki"] / rate["raw"], rate["ntspki"] / rate["openssl"]
-    print(f"key type {args.key_type}, {os.cpu_count()} CPUs, {args.count} certificates "
-          f"(openssl: sample of {args.openssl_sample})")
-    print(f"  ntspki issue --from (CLI, durable): {rate['ntspki']:9.1f} certs/s  ({t_ntspki:.2f} s; "
-          f"runs {', '.join(f'{t:.2f}' for t in runs)} s)")
+    print(
+        f"key type {args.key_type}, {os.cpu_count()} CPUs, {args.count} certificates "
+        f"(openssl: sample of {args.openssl_sample})"
+    )
+    print(
+        f"  ntspki issue --from (CLI, durable): {rate['ntspki']:9.1f} certs/s  ({t_ntspki:.2f} s; "
+        f"runs {', '.join(f'{t:.2f}' for t in runs)} s)"
+    )
     print(f"  raw cryptography keygen+sign+PEM:   {rate['raw']:9.1f} certs/s  ({t_raw:.2f} s)")
     print(f"  openssl CLI loop:                   {rate['openssl']:9.1f} certs/s  ({t_openssl:.2f} s)")
-    print(f"  (context: one chain validation per certificate, which ntspki must do before writing, "
-          f"alone runs at {args.count / t_validate:.1f}/s = {args.count / t_validate / rate['raw']:.2f} x raw)")
+    print(
+        f"  (context: one chain validation per certificate, which ntspki must do before writing, "
+        f"alone runs at {args.count / t_validate:.1f}/s = {args.count / t_validate / rate['raw']:.2f} x raw)"
+    )
     if t_tmpfs:
-        print(f"  (context: the same ntspki run with HOME on tmpfs: {args.count / t_tmpfs:.1f}/s = "
-              f"{args.count / t_tmpfs / rate['raw']:.2f} x raw, {args.count / t_tmpfs / rate['openssl']:.0f}x openssl: "
-              f"the rest is this disk's file creation)")
+        print(
+            f"  (context: the same ntspki run with HOME on tmpfs: {args.count / t_tmpfs:.1f}/s = "
+            f"{args.count / t_tmpfs / rate['raw']:.2f} x raw, {args.count / t_tmpfs / rate['openssl']:.0f}x openssl: "
+            f"the rest is this disk's file creation)"
+        )
     met_raw, met_openssl = vs_raw >= 1 / 3, vs_openssl >= 50
     print(f"  ntspki/raw     = {vs_raw:6.3f}   (goal >= 0.333: {'met' if met_raw else 'NOT met'})")
     print(f"  ntspki/openssl = {vs_openssl:6.1f}x  (goal >= 50x:   {'met' if met_openssl else 'NOT met'})")

@@ -6,7 +6,7 @@ process per probe, one at a time.
              TLS handshake with chain and name check, NTS-KE records, key export, and an
              AES-SIV-authenticated NTP request/reply with a fresh cookie.
     chronyd  `chronyd -Q -t 5` with `server 127.0.0.1 iburst nts ... maxsamples 1` and the site root
-             as ntstrustedcerts (ntspki.lab.chrony_client), sequentially. By default a sample of 20
+             as ntstrustedcerts (ntspki.servers.lab.chrony_client), sequentially. By default a sample of 20
              runs is timed and extrapolated to 200 (--sequential 200 runs them all).
 
 Goal (issue 3): ntspki >= 10x chronyd -Q. Both are measured in this one run, on this machine.
@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ntspki import lab  # noqa: E402
-from ntspki.probe import probe_many  # noqa: E402
+from ntspki.nts.probe import probe_many  # noqa: E402
+from ntspki.servers import lab  # noqa: E402
 from tests.conftest import make_site  # noqa: E402
 
 
@@ -48,8 +48,13 @@ def main() -> int:
     server = None
     try:
         site = make_site(base / "home")
-        server = lab.ChronyServer(site.live / "privkey.pem", site.live / "fullchain.pem", workdir=base / "chronyd",
-                                  user="root", ntsprocesses=args.ntsprocesses).start()
+        server = lab.ChronyServer(
+            site.live / "privkey.pem",
+            site.live / "fullchain.pem",
+            workdir=base / "chronyd",
+            user="root",
+            ntsprocesses=args.ntsprocesses,
+        ).start()
         target = f"127.0.0.1:{server.nts_port}"
         warm = probe_many([target], ca_files=[site.root])
         if not warm[0].ok:
@@ -84,15 +89,26 @@ def main() -> int:
         ntspki_rate = args.probes / ntspki_s
         chrony_rate = args.probes / chrony_s
         ratio = ntspki_rate / chrony_rate
-        print(f"chronyd with ntsprocesses {args.ntsprocesses}, "
-              f"{args.probes} full probes (NTS-KE + authenticated NTP) against 127.0.0.1")
-        print(f"ntspki probe_many, concurrency {args.concurrency}: {ntspki_s:7.2f} s  {ntspki_rate:8.1f} probes/s"
-              f"   (per probe: median {statistics.median(latencies) * 1000:.1f} ms, "
-              f"max {latencies[-1] * 1000:.1f} ms)")
-        print(f"ntspki probe, one at a time:    {args.probes / ntspki_seq_rate:7.2f} s  {ntspki_seq_rate:8.1f} probes/s"
-              f"   (extrapolated from {args.sequential} timed probes)")
-        extrapolated = "" if args.sequential == args.probes else (
-            f"   (extrapolated from {args.sequential} timed runs, median {statistics.median(times) * 1000:.0f} ms)")
+        print(
+            f"chronyd with ntsprocesses {args.ntsprocesses}, "
+            f"{args.probes} full probes (NTS-KE + authenticated NTP) against 127.0.0.1"
+        )
+        print(
+            f"ntspki probe_many, concurrency {args.concurrency}: {ntspki_s:7.2f} s  {ntspki_rate:8.1f} probes/s"
+            f"   (per probe: median {statistics.median(latencies) * 1000:.1f} ms, "
+            f"max {latencies[-1] * 1000:.1f} ms)"
+        )
+        print(
+            f"ntspki probe, one at a time:    {args.probes / ntspki_seq_rate:7.2f} s  {ntspki_seq_rate:8.1f} probes/s"
+            f"   (extrapolated from {args.sequential} timed probes)"
+        )
+        extrapolated = (
+            ""
+            if args.sequential == args.probes
+            else (
+                f"   (extrapolated from {args.sequential} timed runs, median {statistics.median(times) * 1000:.0f} ms)"
+            )
+        )
         print(f"chronyd -Q, one at a time:      {chrony_s:7.2f} s  {chrony_rate:8.1f} probes/s{extrapolated}")
         print(f"ratio: {ratio:.1f}x (goal >= 10x) {'MET' if ratio >= 10 else 'MISSED'}")
         return 1 if args.strict and ratio < 10 else 0

@@ -29,8 +29,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from ntspki import probe  # noqa: E402
-from ntspki.ntske import ProtocolError  # noqa: E402
+from ntspki.nts import probe  # noqa: E402
+from ntspki.nts.ntske import ProtocolError  # noqa: E402
 from tests.conftest import NTSPKI  # noqa: E402
 from tests.deploy_env import DeployLab  # noqa: E402
 
@@ -69,8 +69,11 @@ def main() -> int:
         dl.write_config({"ntpserver": dl.settings(restart_command=dl.server.restart_command())})
         restart = restart_seconds(dl)
         log = open(dl.root / "watch.log", "w")
-        watcher = subprocess.Popen([*NTSPKI, "--home", str(dl.home.path), "watch", "--debounce", str(args.debounce)],
-                                   stdout=log, stderr=subprocess.STDOUT)
+        watcher = subprocess.Popen(
+            [*NTSPKI, "--home", str(dl.home.path), "watch", "--debounce", str(args.debounce)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         while "watching" not in (dl.root / "watch.log").read_text():
             time.sleep(0.05)
         time.sleep(1.0)  # let the start-up catch-up finish
@@ -92,8 +95,10 @@ def main() -> int:
             # The watcher reports each run when its probe is done: wait for it before the next one.
             while (dl.root / "watch.log").read_text().count("deployed: deployed and served") < i + 1:
                 time.sleep(0.01)
-            print(f"renewal {i + 1:2d}: deployed after {deployed[-1]:.3f} s, served after {served[-1]:.3f} s",
-                  file=sys.stderr)
+            print(
+                f"renewal {i + 1:2d}: deployed after {deployed[-1]:.3f} s, served after {served[-1]:.3f} s",
+                file=sys.stderr,
+            )
     finally:
         if watcher is not None:
             watcher.terminate()
@@ -106,8 +111,10 @@ def main() -> int:
     med_t, max_t = statistics.median(waits), max(waits)
     print(f"ntspki watch, {len(deployed)} renewals against chronyd as _chrony (debounce {args.debounce} s):")
     print(f"  to deployed: median {med_d:.3f} s, max {max_d:.3f} s   (goal: median < 0.5 s)")
-    print(f"  to served:   median {med_s:.3f} s, max {max_s:.3f} s   (goal: < restart {restart:.3f} s + 1 s "
-          f"= {restart + 1:.3f} s)")
+    print(
+        f"  to served:   median {med_s:.3f} s, max {max_s:.3f} s   (goal: < restart {restart:.3f} s + 1 s "
+        f"= {restart + 1:.3f} s)"
+    )
     print("certbot.timer (twice a day, RandomizedDelaySec=12h), simulated, change at a random moment:")
     print(f"  until the next run: median {med_t / 3600:.1f} h, max {max_t / 3600:.1f} h")
     print(f"ratio (certbot.timer median / ntspki watch median to served): {med_t / med_s:,.0f}x")

@@ -12,9 +12,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ntspki import ca, fsutil, issue, lab
 from ntspki.errors import NtspkiError
-from ntspki.store import Home
+from ntspki.issuing import ca, issue
+from ntspki.servers import lab
+from ntspki.store import Home, fsutil
 
 DEMO_NAME = "ntpserver"
 DEMO_SANS = ["ntpserver-ipv6", "127.0.0.1"]
@@ -97,5 +98,5 @@ def run(directory: Path, say=print) -> DemoResult:
 
 
 def _last_line(text: str) -> str:
-    lines = [l for l in text.strip().splitlines() if "failed" in l or "error" in l.lower()]
+    lines = [ln for ln in text.strip().splitlines() if "failed" in ln or "error" in ln.lower()]
     return (lines or text.strip().splitlines() or ["no output"])[-1]

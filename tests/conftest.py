@@ -13,14 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from ntspki import ca, issue, lab
+from ntspki.issuing import ca, issue
+from ntspki.servers import lab
 from ntspki.store import Home
 
 NTSPKI = [sys.executable, "-m", "ntspki"]
 
 
-def run_cli(*args, home: Path | None = None, input: str | None = None, env: dict | None = None,
-            check: bool = False) -> subprocess.CompletedProcess:
+def run_cli(
+    *args, home: Path | None = None, input: str | None = None, env: dict | None = None, check: bool = False
+) -> subprocess.CompletedProcess:
     """Run the real `ntspki` CLI in a subprocess (exit codes, stderr and all)."""
     full_env = {**os.environ, **(env or {})}
     cmd = [*NTSPKI, *(["--home", str(home)] if home else []), *map(str, args)]

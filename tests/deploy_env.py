@@ -3,7 +3,7 @@ own user can traverse, and a REAL chronyd running as `_chrony` that reads them.
 
 The restart command is `restart.sh`, which counts its runs and, while `noop` is set, does nothing
 (a restart that does not take effect); otherwise it restarts chronyd from outside exactly like
-`systemctl restart chrony` (ntspki.lab). `fake_systemctl()` makes a `systemctl` for PATH that
+`systemctl restart chrony` (ntspki.servers.lab). `fake_systemctl()` makes a `systemctl` for PATH that
 answers ntspki's unit check and runs that same restart.
 """
 
@@ -15,7 +15,11 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from ntspki import deploy, deployconfig, issue, lab, probe
+from ntspki import deploy
+from ntspki.deploy import deployconfig
+from ntspki.issuing import issue
+from ntspki.nts import probe
+from ntspki.servers import lab
 from tests.conftest import make_site, run_cli
 
 SANS = ["ntpserver-ipv6", "127.0.0.1", "::1"]
@@ -36,7 +40,8 @@ class DeployLab:
             "#!/bin/sh\n"
             f"echo restart >> {shlex.quote(str(self.count_file))}\n"
             f"[ -e {shlex.quote(str(self.noop_flag))} ] && exit 0\n"
-            f"exec {shlex.join(self.server.restart_command())}\n")
+            f"exec {shlex.join(self.server.restart_command())}\n"
+        )
         self.restart_script.chmod(0o755)
         # The first pair goes in place the way a deploy does (there is no server to restart yet).
         first = self.target(probe=False, restart_command="true")
@@ -45,9 +50,16 @@ class DeployLab:
 
     # -- configuration --------------------------------------------------------------------------
     def settings(self, **over) -> dict:
-        s = {"source": "ntpserver", "cert": str(self.cert), "key": str(self.key),
-             "restart_command": str(self.restart_script), "service_conf": str(self.server.conf_path),
-             "probe": f"127.0.0.1:{self.server.nts_port}", "probe_name": "ntpserver", "probe_timeout": 5}
+        s = {
+            "source": "ntpserver",
+            "cert": str(self.cert),
+            "key": str(self.key),
+            "restart_command": str(self.restart_script),
+            "service_conf": str(self.server.conf_path),
+            "probe": f"127.0.0.1:{self.server.nts_port}",
+            "probe_name": "ntpserver",
+            "probe_timeout": 5,
+        }
         s.update(over)
         return {k: v for k, v in s.items() if v is not None}
 
@@ -112,7 +124,8 @@ class DeployLab:
             '  show) for unit; do :; done; [ "$unit" = chrony.service ] && echo loaded || echo not-found ;;\n'
             f'  restart) [ "$2" = chrony.service ] || exit 5; exec {shlex.quote(str(self.restart_script))} ;;\n'
             "  *) exit 1 ;;\n"
-            "esac\n")
+            "esac\n"
+        )
         script.chmod(0o755)
         return bindir, log
 
@@ -134,10 +147,25 @@ def toml_value(v) -> str:
 def openssl_served_sha256(port: int, host: str = "127.0.0.1") -> str:
     """The leaf certificate `openssl s_client` sees over TLS 1.3 with ALPN ntske/1."""
     proc = subprocess.run(
-        ["openssl", "s_client", "-connect", f"{host}:{port}", "-tls1_3", "-alpn", "ntske/1",
-         "-servername", "ntpserver"], input="", capture_output=True, text=True, timeout=20)
-    der = subprocess.run(["openssl", "x509", "-outform", "DER"], input=proc.stdout.encode(),
-                         capture_output=True, timeout=20)
+        [
+            "openssl",
+            "s_client",
+            "-connect",
+            f"{host}:{port}",
+            "-tls1_3",
+            "-alpn",
+            "ntske/1",
+            "-servername",
+            "ntpserver",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    der = subprocess.run(
+        ["openssl", "x509", "-outform", "DER"], input=proc.stdout.encode(), capture_output=True, timeout=20
+    )
     assert der.returncode == 0, proc.stdout + proc.stderr
     assert "ALPN protocol: ntske/1" in proc.stdout, proc.stdout
     import hashlib
@@ -148,6 +176,23 @@ def openssl_served_sha256(port: int, host: str = "127.0.0.1") -> str:
 def gnutls_served_ok(port: int, ca: Path, name: str = "ntpserver") -> subprocess.CompletedProcess:
     """gnutls-cli (the TLS library chronyd uses) verifying the served chain for `name`."""
     return subprocess.run(
-        ["gnutls-cli", "--x509cafile", str(ca), "--alpn", "ntske/1", "--sni-hostname", name,
-         "--verify-hostname", name, "-p", str(port), "127.0.0.1"],
-        input="", capture_output=True, text=True, timeout=20, env={**os.environ, "LC_ALL": "C"})
+        [
+            "gnutls-cli",
+            "--x509cafile",
+            str(ca),
+            "--alpn",
+            "ntske/1",
+            "--sni-hostname",
+            name,
+            "--verify-hostname",
+            name,
+            "-p",
+            str(port),
+            "127.0.0.1",
+        ],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "LC_ALL": "C"},
+    )

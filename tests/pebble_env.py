@@ -43,8 +43,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from ntspki import fsutil, keys, names, pki
-from ntspki.lab import free_port
+from ntspki import pki
+from ntspki.pki import keys, names
+from ntspki.servers.lab import free_port
+from ntspki.store import fsutil
 
 
 class StubHTTP:
@@ -63,6 +65,7 @@ class StubHTTP:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+
 PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
 CHALLTESTSRV = shutil.which("pebble-challtestsrv") or "/usr/bin/pebble-challtestsrv"
 
@@ -72,7 +75,11 @@ def _listener_cert(workdir: Path) -> tuple[Path, Path, Path]:
     ca_key, key = keys.generate("ec-p256"), keys.generate("ec-p256")
     ca = pki.make_root(ca_key, "pebble listener test CA", days=3)
     cert = pki.make_leaf(key, ca, ca_key, names.unique_sans(["localhost", "127.0.0.1"]), days=2)
-    bundle, cert_path, key_path = workdir / "pebble-ca.pem", workdir / "pebble-listener.pem", workdir / "pebble-listener.key"
+    bundle, cert_path, key_path = (
+        workdir / "pebble-ca.pem",
+        workdir / "pebble-listener.pem",
+        workdir / "pebble-listener.key",
+    )
     bundle.write_bytes(pki.cert_pem(ca))
     cert_path.write_bytes(pki.cert_pem(cert))
     fsutil.atomic_write(key_path, keys.private_pem(key), 0o600)
@@ -80,8 +87,13 @@ def _listener_cert(workdir: Path) -> tuple[Path, Path, Path]:
 
 
 class PebbleEnv:
-    def __init__(self, workdir: Path, eab_keys: dict[str, str] | None = None, nonce_reject: int = 0,
-                 validity_seconds: int | None = None):
+    def __init__(
+        self,
+        workdir: Path,
+        eab_keys: dict[str, str] | None = None,
+        nonce_reject: int = 0,
+        validity_seconds: int | None = None,
+    ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ca_bundle, cert, key = _listener_cert(self.workdir)
@@ -92,16 +104,20 @@ class PebbleEnv:
         self.pebble_mgmt_url = f"https://127.0.0.1:{self.pebble_mgmt_port}"
         self.mgmt_url = f"http://127.0.0.1:{self.mgmt_port}"
         self.eab_keys = dict(eab_keys or {})
-        config = {"pebble": {
-            "listenAddress": f"127.0.0.1:{self.acme_port}",
-            "managementListenAddress": f"127.0.0.1:{self.pebble_mgmt_port}",
-            "certificate": str(cert), "privateKey": str(key),
-            "httpPort": self.http_port, "tlsPort": self.tls_port,
-            "ocspResponderURL": "",
-            "externalAccountBindingRequired": bool(self.eab_keys),
-            **({"externalAccountMACKeys": self.eab_keys} if self.eab_keys else {}),
-            **({"certificateValidityPeriod": validity_seconds} if validity_seconds else {}),
-        }}
+        config = {
+            "pebble": {
+                "listenAddress": f"127.0.0.1:{self.acme_port}",
+                "managementListenAddress": f"127.0.0.1:{self.pebble_mgmt_port}",
+                "certificate": str(cert),
+                "privateKey": str(key),
+                "httpPort": self.http_port,
+                "tlsPort": self.tls_port,
+                "ocspResponderURL": "",
+                "externalAccountBindingRequired": bool(self.eab_keys),
+                **({"externalAccountMACKeys": self.eab_keys} if self.eab_keys else {}),
+                **({"certificateValidityPeriod": validity_seconds} if validity_seconds else {}),
+            }
+        }
         config_path = self.workdir / "pebble-config.json"
         config_path.write_text(json.dumps(config, indent=2))
         self._ssl = ssl.create_default_context(cafile=str(self.ca_bundle))
@@ -110,12 +126,34 @@ class PebbleEnv:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PEBBLE_")}
         env.update(PEBBLE_VA_NOSLEEP="1", PEBBLE_AUTHZREUSE="0", PEBBLE_WFE_NONCEREJECT=str(nonce_reject))
         try:
-            self._procs.append(self._spawn("challtestsrv", [
-                CHALLTESTSRV, "-management", f"127.0.0.1:{self.mgmt_port}",
-                "-dns01", f"127.0.0.1:{self.dns_port}", "-http01", "", "-https01", "", "-tlsalpn01", "",
-                "-defaultIPv4", "127.0.0.1", "-defaultIPv6", ""], env))
-            self._procs.append(self._spawn("pebble", [
-                PEBBLE, "-config", str(config_path), "-dnsserver", f"127.0.0.1:{self.dns_port}"], env))
+            self._procs.append(
+                self._spawn(
+                    "challtestsrv",
+                    [
+                        CHALLTESTSRV,
+                        "-management",
+                        f"127.0.0.1:{self.mgmt_port}",
+                        "-dns01",
+                        f"127.0.0.1:{self.dns_port}",
+                        "-http01",
+                        "",
+                        "-https01",
+                        "",
+                        "-tlsalpn01",
+                        "",
+                        "-defaultIPv4",
+                        "127.0.0.1",
+                        "-defaultIPv6",
+                        "",
+                    ],
+                    env,
+                )
+            )
+            self._procs.append(
+                self._spawn(
+                    "pebble", [PEBBLE, "-config", str(config_path), "-dnsserver", f"127.0.0.1:{self.dns_port}"], env
+                )
+            )
             self._wait_ready()
         except BaseException:
             self.stop()
@@ -124,8 +162,9 @@ class PebbleEnv:
     def _spawn(self, name: str, argv: list[str], env: dict) -> subprocess.Popen:
         log = open(self.workdir / f"{name}.log", "wb")
         try:
-            return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
-                                    start_new_session=True)
+            return subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir, start_new_session=True
+            )
         finally:
             log.close()
 
@@ -152,8 +191,12 @@ class PebbleEnv:
             return r.read()
 
     def _post(self, path: str, body: dict) -> None:
-        req = urllib.request.Request(self.mgmt_url + path, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+        req = urllib.request.Request(
+            self.mgmt_url + path,
+            data=json.dumps(body).encode(),
+            method="POST",
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(req, timeout=5) as r:
             r.read()
 
@@ -204,6 +247,7 @@ class PebbleEnv:
         self.stop()
 
 
-def start_pebble(workdir: Path, eab_keys: dict[str, str] | None = None, nonce_reject: int = 0,
-                 validity_seconds: int | None = None) -> PebbleEnv:
+def start_pebble(
+    workdir: Path, eab_keys: dict[str, str] | None = None, nonce_reject: int = 0, validity_seconds: int | None = None
+) -> PebbleEnv:
     return PebbleEnv(workdir, eab_keys=eab_keys, nonce_reject=nonce_reject, validity_seconds=validity_seconds)

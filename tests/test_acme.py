@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from ntspki import lab, names, pki
-from ntspki.lab import chrony_client, free_port
+from ntspki import pki
+from ntspki.pki import names
+from ntspki.servers import lab
+from ntspki.servers.lab import chrony_client, free_port
 from ntspki.store import Home
 from tests.conftest import run_cli
 from tests.pebble_env import StubHTTP, start_pebble
@@ -66,12 +68,14 @@ def acme_home(pebble):
     """One home with an account (registered by `acme register`) and lineage NAME from pebble."""
     base = lab.make_workdir("ntspki-acme-")
     home = base / "home"
-    proc = run_cli("acme", "register", *acme_args(pebble), "--agree-tos", "--email", "ops@example.test",
-                   "--json", home=home)
+    proc = run_cli(
+        "acme", "register", *acme_args(pebble), "--agree-tos", "--email", "ops@example.test", "--json", home=home
+    )
     assert proc.returncode == 0, proc.stderr
     account = json.loads(proc.stdout)
-    proc = run_cli("acme", "issue", NAME, "--san", "127.0.0.1", *acme_args(pebble), *standalone(pebble),
-                   "--json", home=home)
+    proc = run_cli(
+        "acme", "issue", NAME, "--san", "127.0.0.1", *acme_args(pebble), *standalone(pebble), "--json", home=home
+    )
     assert proc.returncode == 0, proc.stderr
     yield home, account, json.loads(proc.stdout)
     shutil.rmtree(base, ignore_errors=True)
@@ -84,7 +88,7 @@ def test_register_stores_an_es256_key_privately_and_is_idempotent(pebble, acme_h
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(Path(account["path"]).stat().st_mode) == 0o700
     assert stat.S_IMODE((home / "accounts").stat().st_mode) == 0o700
-    from ntspki import keys
+    from ntspki.pki import keys
 
     key_pem = key_path.read_bytes()
     assert keys.key_type_of(keys.load_private_pem(key_pem)) == "ec-p256"  # ES256
@@ -96,8 +100,9 @@ def test_register_stores_an_es256_key_privately_and_is_idempotent(pebble, acme_h
     assert key_path.read_bytes() == key_pem
     assert json.loads((Path(account["path"]) / "account.json").read_text())["contact"] == ["mailto:ops@example.test"]
     # A new address for the same account is sent to the CA.
-    moved = run_cli("acme", "register", *acme_args(pebble), "--agree-tos", "--email", "noc@example.test",
-                    "--json", home=home)
+    moved = run_cli(
+        "acme", "register", *acme_args(pebble), "--agree-tos", "--email", "noc@example.test", "--json", home=home
+    )
     assert moved.returncode == 0, moved.stderr
     assert json.loads(moved.stdout)["contact"] == ["mailto:noc@example.test"]
     assert json.loads(moved.stdout)["uri"] == account["uri"]
@@ -116,9 +121,15 @@ def test_http01_standalone_makes_an_ntspki_lineage_that_verifies_against_pebbles
     assert stat.S_IMODE((home / "archive" / NAME / "privkey1.pem").stat().st_mode) == 0o600
     assert os.readlink(home / "live" / NAME / "fullchain.pem") == f"../../archive/{NAME}/fullchain1.pem"
     params = h.read_renewal(NAME)
-    assert params == {"source": "acme", "directory": pebble.directory_url, "ca_bundle": str(pebble.ca_bundle),
-                      "sans": [NAME, "127.0.0.1"], "key_type": "ec-p256", "profile": None,
-                      "challenge": {"type": "http-01", "http_port": pebble.http_port, "http_address": "127.0.0.1"}}
+    assert params == {
+        "source": "acme",
+        "directory": pebble.directory_url,
+        "ca_bundle": str(pebble.ca_bundle),
+        "sans": [NAME, "127.0.0.1"],
+        "key_type": "ec-p256",
+        "profile": None,
+        "challenge": {"type": "http-01", "http_port": pebble.http_port, "http_address": "127.0.0.1"},
+    }
     [row] = h.ledger.rows(NAME)
     assert row["source"] == "acme" and row["version"] == 1 and row["sha256"] == result["sha256"]
     # `ntspki show` reads it like any lineage (the chain check is against the site CA, absent here).
@@ -131,8 +142,8 @@ def test_http01_webroot_through_a_real_web_server_from_nothing(pebble, tmp_path)
     webroot = tmp_path / "www"
     webroot.mkdir()
     server = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", pebble.http_port),
-        functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(webroot)))
+        ("127.0.0.1", pebble.http_port), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(webroot))
+    )
     server.RequestHandlerClass.log_message = lambda *a: None
     served = []
     orig = server.finish_request
@@ -141,8 +152,19 @@ def test_http01_webroot_through_a_real_web_server_from_nothing(pebble, tmp_path)
     thread.start()
     try:
         home = tmp_path / "home"
-        proc = run_cli("acme", "issue", "web.example.test", "--key-type", "rsa-2048", *acme_args(pebble),
-                       "--webroot", webroot, "--agree-tos", "--json", home=home)
+        proc = run_cli(
+            "acme",
+            "issue",
+            "web.example.test",
+            "--key-type",
+            "rsa-2048",
+            *acme_args(pebble),
+            "--webroot",
+            webroot,
+            "--agree-tos",
+            "--json",
+            home=home,
+        )
     finally:
         server.shutdown()
         server.server_close()
@@ -178,8 +200,18 @@ def test_dns01_through_a_hook_including_a_wildcard(pebble, acme_home, tmp_path):
     home, _, _ = acme_home
     log = tmp_path / "hook.log"
     hook = write_dns_hook(tmp_path / "dns-hook", pebble.mgmt_url, log)
-    proc = run_cli("acme", "issue", "wild.example.test", "--san", "*.wild.example.test", *acme_args(pebble),
-                   "--dns-hook", hook, "--json", home=home)
+    proc = run_cli(
+        "acme",
+        "issue",
+        "wild.example.test",
+        "--san",
+        "*.wild.example.test",
+        *acme_args(pebble),
+        "--dns-hook",
+        hook,
+        "--json",
+        home=home,
+    )
     assert proc.returncode == 0, proc.stderr
     calls = [line.split() for line in log.read_text().splitlines()]
     # Both names validate through the same TXT name; every record set is cleaned up again.
@@ -189,17 +221,32 @@ def test_dns01_through_a_hook_including_a_wildcard(pebble, acme_home, tmp_path):
     leaf = pki.load_certs(Home(home).read_lineage("wild.example.test").cert)[0]
     assert pki.san_strings(leaf) == ["wild.example.test", "*.wild.example.test"]
     assert Home(home).read_renewal("wild.example.test")["challenge"] == {
-        "type": "dns-01", "dns_hook": str(hook), "dns_wait": 0.0}
+        "type": "dns-01",
+        "dns_hook": str(hook),
+        "dns_wait": 0.0,
+    }
 
 
 # ---- failures: one clear line, nothing changed ------------------------------------------------
+
 
 def test_unreachable_challenge_fails_cleanly_and_leaves_the_lineage_alone(pebble, acme_home):
     home, _, _ = acme_home
     before = snapshot(home)
     # Our http-01 server listens on a port the CA does not connect to: validation must fail.
-    proc = run_cli("acme", "issue", NAME, "--san", "127.0.0.1", *acme_args(pebble),
-                   "--http-port", free_port(), "--http-address", "127.0.0.1", home=home)
+    proc = run_cli(
+        "acme",
+        "issue",
+        NAME,
+        "--san",
+        "127.0.0.1",
+        *acme_args(pebble),
+        "--http-port",
+        free_port(),
+        "--http-address",
+        "127.0.0.1",
+        home=home,
+    )
     last = assert_error(proc, "the CA could not validate", "http-01 failed", "connection")
     assert str(pebble.http_port) in last or "refused" in last.lower()
     assert snapshot(home) == before
@@ -220,11 +267,13 @@ def test_an_interrupted_order_leaves_nothing_half_written(pebble, acme_home, tmp
     home, _, _ = acme_home
     before = snapshot(home)
     hook = tmp_path / "interrupting-hook"
-    hook.write_text(f"#!{sys.executable}\n"
-                    "import os, signal, sys, time\n"
-                    "if sys.argv[1] == 'set':\n"
-                    "    os.kill(os.getppid(), signal.SIGINT)\n"
-                    "    time.sleep(2)\n")
+    hook.write_text(
+        f"#!{sys.executable}\n"
+        "import os, signal, sys, time\n"
+        "if sys.argv[1] == 'set':\n"
+        "    os.kill(os.getppid(), signal.SIGINT)\n"
+        "    time.sleep(2)\n"
+    )
     hook.chmod(0o755)
     proc = run_cli("acme", "issue", NAME, *acme_args(pebble), "--dns-hook", hook, home=home)
     assert proc.returncode == 130, proc.stderr
@@ -249,12 +298,21 @@ def test_wrong_ca_bundle_and_the_environments_bundle_are_refused(pebble, acme_ho
     before = snapshot(home)
     wrong = tmp_path / "wrong.pem"
     wrong.write_bytes(pebble.root_pem())  # a real CA, just not the one behind the listener
-    proc = run_cli("acme", "issue", NAME, "--directory", pebble.directory_url, "--ca-bundle", wrong,
-                   *standalone(pebble), home=home)
+    proc = run_cli(
+        "acme", "issue", NAME, "--directory", pebble.directory_url, "--ca-bundle", wrong, *standalone(pebble), home=home
+    )
     assert_error(proc, "cannot verify the TLS certificate of the ACME server", "--ca-bundle")
     # Without --ca-bundle, whatever REQUESTS_CA_BUNDLE says (the system store here) is used.
-    proc = run_cli("acme", "issue", NAME, "--directory", pebble.directory_url, *standalone(pebble), home=home,
-                   env={"REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"})
+    proc = run_cli(
+        "acme",
+        "issue",
+        NAME,
+        "--directory",
+        pebble.directory_url,
+        *standalone(pebble),
+        home=home,
+        env={"REQUESTS_CA_BUNDLE": "/etc/ssl/certs/ca-certificates.crt"},
+    )
     assert_error(proc, "cannot verify the TLS certificate")
     assert snapshot(home) == before
 
@@ -265,8 +323,10 @@ def test_usage_errors_are_caught_before_contacting_anyone(pebble, acme_home, tmp
     cases = [
         (["--profile", "shortlived", *standalone(pebble)], "offers no profile 'shortlived'"),
         (["--dns-hook", tmp_path / "missing"], "not an executable file"),
-        (["--san", "::1", "--dns-hook", write_dns_hook(tmp_path / "h", pebble.mgmt_url, tmp_path / "l")],
-         "dns-01 cannot prove control of an IP address"),
+        (
+            ["--san", "::1", "--dns-hook", write_dns_hook(tmp_path / "h", pebble.mgmt_url, tmp_path / "l")],
+            "dns-01 cannot prove control of an IP address",
+        ),
         (["--san", "*.x.example.test", *standalone(pebble)], "a wildcard name needs dns-01"),
         (["--webroot", tmp_path / "nowhere"], "no such directory"),
     ]
@@ -299,7 +359,7 @@ def test_the_port_is_busy(pebble, acme_home):
 def test_a_ca_that_forgot_the_account_needs_agree_tos_to_register_again(pebble, tmp_path):
     """pebble forgets accounts on restart, as a CA may lose or deactivate one: simulate it by
     moving the stored account of one pebble over to a fresh one."""
-    from ntspki import acmeclient
+    from ntspki.acme import acmeclient
 
     home = tmp_path / "home"
     with start_pebble(tmp_path / "first") as first:
@@ -308,8 +368,9 @@ def test_a_ca_that_forgot_the_account_needs_agree_tos_to_register_again(pebble, 
         src, dst = acmeclient.account_dir(h, first.directory_url), acmeclient.account_dir(h, pebble.directory_url)
         shutil.copytree(src, dst)
         meta = json.loads((dst / "account.json").read_text())
-        meta.update(directory=pebble.directory_url,
-                    uri=meta["uri"].replace(first.directory_url[:-4], pebble.directory_url[:-4]))
+        meta.update(
+            directory=pebble.directory_url, uri=meta["uri"].replace(first.directory_url[:-4], pebble.directory_url[:-4])
+        )
         (dst / "account.json").write_text(json.dumps(meta))
     args = ["acme", "issue", "forgot.example.test", *acme_args(pebble), *standalone(pebble)]
     assert_error(run_cli(*args, home=home), "the CA no longer knows the stored account", "--agree-tos")
@@ -321,6 +382,7 @@ def test_a_ca_that_forgot_the_account_needs_agree_tos_to_register_again(pebble, 
 
 
 # ---- rate limits: Retry-After ------------------------------------------------------------------
+
 
 class RateLimitingCA:
     """pebble 2.4 never rate-limits, so this stand-in answers newAccount with `rateLimited` and a
@@ -348,20 +410,35 @@ class RateLimitingCA:
 
             def do_GET(self):  # noqa: N802
                 base = f"http://127.0.0.1:{outer.port}"
-                self._reply(200, {"newNonce": f"{base}/nonce", "newAccount": f"{base}/acct",
-                                  "newOrder": f"{base}/order", "meta": {"termsOfService": f"{base}/tos"}},
-                            [("Content-Type", "application/json")])
+                self._reply(
+                    200,
+                    {
+                        "newNonce": f"{base}/nonce",
+                        "newAccount": f"{base}/acct",
+                        "newOrder": f"{base}/order",
+                        "meta": {"termsOfService": f"{base}/tos"},
+                    },
+                    [("Content-Type", "application/json")],
+                )
 
             def do_POST(self):  # noqa: N802
                 self.rfile.read(int(self.headers["Content-Length"]))
                 outer.posts.append(time.monotonic())
                 if len(outer.posts) <= limited:
-                    self._reply(429, {"type": "urn:ietf:params:acme:error:rateLimited",
-                                      "detail": "too many new registrations from 127.0.0.1"},
-                                [("Content-Type", "application/problem+json"), ("Retry-After", retry_after)])
+                    self._reply(
+                        429,
+                        {
+                            "type": "urn:ietf:params:acme:error:rateLimited",
+                            "detail": "too many new registrations from 127.0.0.1",
+                        },
+                        [("Content-Type", "application/problem+json"), ("Retry-After", retry_after)],
+                    )
                 else:
-                    self._reply(201, {"status": "valid"}, [("Content-Type", "application/json"),
-                                                           ("Location", f"http://127.0.0.1:{outer.port}/acct/1")])
+                    self._reply(
+                        201,
+                        {"status": "valid"},
+                        [("Content-Type", "application/json"), ("Location", f"http://127.0.0.1:{outer.port}/acct/1")],
+                    )
 
             def log_message(self, *a):
                 pass
@@ -402,17 +479,47 @@ def test_eab_and_bad_nonce_retries_against_a_strict_pebble(tmp_path):
         home = tmp_path / "home"
         proc = run_cli("acme", "register", *acme_args(strict), "--agree-tos", home=home)
         assert_error(proc, "requires External Account Binding", "--eab-kid", code=2)
-        proc = run_cli("acme", "register", *acme_args(strict), "--agree-tos", "--eab-kid", EAB_KID,
-                       "--eab-hmac-key", "!!", home=home)
+        proc = run_cli(
+            "acme",
+            "register",
+            *acme_args(strict),
+            "--agree-tos",
+            "--eab-kid",
+            EAB_KID,
+            "--eab-hmac-key",
+            "!!",
+            home=home,
+        )
         assert_error(proc, "bad --eab-hmac-key", code=2)
-        proc = run_cli("acme", "register", *acme_args(strict), "--agree-tos", "--eab-kid", EAB_KID,
-                       "--eab-hmac-key", "c2VjcmV0LWJ1dC13cm9uZy1rZXktMDEyMzQ1Njc4OWFiY2RlZg", home=home)
+        proc = run_cli(
+            "acme",
+            "register",
+            *acme_args(strict),
+            "--agree-tos",
+            "--eab-kid",
+            EAB_KID,
+            "--eab-hmac-key",
+            "c2VjcmV0LWJ1dC13cm9uZy1rZXktMDEyMzQ1Njc4OWFiY2RlZg",
+            home=home,
+        )
         assert_error(proc, "the CA at 127.0.0.1", "refused", "external account binding", "(unauthorized)")
         assert not (home / "accounts").exists() or not any((home / "accounts").iterdir())
         log_path = tmp_path / "pebble" / "pebble.log"
         heads_before = log_path.read_text().count("HEAD /nonce-plz")
-        proc = run_cli("acme", "issue", NAME, *acme_args(strict), *standalone(strict), "--agree-tos",
-                       "--eab-kid", EAB_KID, "--eab-hmac-key", EAB_KEY, "--json", home=home)
+        proc = run_cli(
+            "acme",
+            "issue",
+            NAME,
+            *acme_args(strict),
+            *standalone(strict),
+            "--agree-tos",
+            "--eab-kid",
+            EAB_KID,
+            "--eab-hmac-key",
+            EAB_KEY,
+            "--json",
+            home=home,
+        )
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["version"] == 1
         log = log_path.read_text()
@@ -423,8 +530,8 @@ def test_eab_and_bad_nonce_retries_against_a_strict_pebble(tmp_path):
 
 # ---- what it is for: a real chronyd serving the ACME certificate ------------------------------
 
-def test_chronyd_serves_the_acme_chain_to_a_client_trusting_pebbles_root(pebble, acme_home, workdir,
-                                                                        chrony_servers):
+
+def test_chronyd_serves_the_acme_chain_to_a_client_trusting_pebbles_root(pebble, acme_home, workdir, chrony_servers):
     # `workdir` before `chrony_servers`: chronyd is stopped before its directory goes.
     home, _, _ = acme_home
     lineage = Home(home).read_lineage(NAME)
@@ -434,8 +541,7 @@ def test_chronyd_serves_the_acme_chain_to_a_client_trusting_pebbles_root(pebble,
     (work / "root.pem").write_bytes(pebble.root_pem())
     server = chrony_servers(work / "key.pem", work / "fullchain.pem", workdir=work / "server")
     assert not server.credentials_failed(), server.log()
-    by_name = chrony_client(NAME, server.ntp_port, server.nts_port, work / "root.pem",
-                            hosts={NAME: "127.0.0.1"})
+    by_name = chrony_client(NAME, server.ntp_port, server.nts_port, work / "root.pem", hosts={NAME: "127.0.0.1"})
     assert by_name.ok, by_name.output
     by_ip = chrony_client("127.0.0.1", server.ntp_port, server.nts_port, work / "root.pem")
     assert by_ip.ok, by_ip.output
@@ -446,7 +552,7 @@ def test_chronyd_serves_the_acme_chain_to_a_client_trusting_pebbles_root(pebble,
 
 
 def start_other_root(work: Path) -> Path:
-    from ntspki import keys
+    from ntspki.pki import keys
 
     key = keys.generate("ec-p256")
     path = work / "other-root.pem"

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ntspki import deploy, lab, pki
+from ntspki import deploy, pki
+from ntspki.servers import lab
 from tests.deploy_env import DeployLab
 from tests.test_watch import WatchProcess, wait_for
 
@@ -31,18 +32,39 @@ class Certbot:
         self.live = self.config_dir / "live" / DOMAIN
 
     def run(self, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-        argv = ["certbot", "--non-interactive", "--config-dir", str(self.config_dir),
-                "--work-dir", str(self.root / "certbot-work"), "--logs-dir", str(self.root / "certbot-logs"),
-                "--server", self.pebble.directory_url, *args]
+        argv = [
+            "certbot",
+            "--non-interactive",
+            "--config-dir",
+            str(self.config_dir),
+            "--work-dir",
+            str(self.root / "certbot-work"),
+            "--logs-dir",
+            str(self.root / "certbot-logs"),
+            "--server",
+            self.pebble.directory_url,
+            *args,
+        ]
         full_env = {**os.environ, "REQUESTS_CA_BUNDLE": str(self.pebble.ca_bundle), **(env or {})}
         proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         return proc
 
     def certonly(self, *args: str, env=None):
-        return self.run("certonly", "--agree-tos", "--register-unsafely-without-email", "--standalone",
-                        "--http-01-port", str(self.pebble.http_port), "--http-01-address", "127.0.0.1",
-                        "-d", DOMAIN, *args, env=env)
+        return self.run(
+            "certonly",
+            "--agree-tos",
+            "--register-unsafely-without-email",
+            "--standalone",
+            "--http-01-port",
+            str(self.pebble.http_port),
+            "--http-01-address",
+            "127.0.0.1",
+            "-d",
+            DOMAIN,
+            *args,
+            env=env,
+        )
 
     def renew(self, *args: str, env=None):
         return self.run("renew", "--force-renewal", "--no-random-sleep-on-renew", *args, env=env)
@@ -86,8 +108,9 @@ def test_certbot_certonly_then_renew_each_time_chronyd_serves_the_new_certificat
     chrony = grp.getgrnam("_chrony").gr_gid
     assert _owner_modes(bed) == [(0, chrony, 0o640), (0, chrony, 0o644)]
     assert f"ntspki hook: certbot renewed {DOMAIN} in {bed.certbot.live}" in bed.certbot.log()
-    client = lab.chrony_client(DOMAIN, bed.server.ntp_port, bed.server.nts_port, bed.pebble_root,
-                               hosts={DOMAIN: "127.0.0.1"})
+    client = lab.chrony_client(
+        DOMAIN, bed.server.ntp_port, bed.server.nts_port, bed.pebble_root, hosts={DOMAIN: "127.0.0.1"}
+    )
     assert client.ok, client.output
 
     # renew: certbot runs the saved hook and the installed one; the lock and the "already served"
@@ -123,8 +146,12 @@ def test_hook_contract(bed, tmp_path):
     assert os.access(HOOK, os.X_OK)
     proc = subprocess.run([str(HOOK)], capture_output=True, text=True, env={**os.environ, "RENEWED_LINEAGE": ""})
     assert proc.returncode == 2 and "RENEWED_LINEAGE is not set" in proc.stderr
-    env = {**os.environ, "RENEWED_LINEAGE": str(tmp_path / "live" / "other"), "RENEWED_DOMAINS": "other.test",
-           "NTSPKI": shlex.join([sys.executable, "-m", "ntspki", "--home", str(bed.home.path)])}
+    env = {
+        **os.environ,
+        "RENEWED_LINEAGE": str(tmp_path / "live" / "other"),
+        "RENEWED_DOMAINS": "other.test",
+        "NTSPKI": shlex.join([sys.executable, "-m", "ntspki", "--home", str(bed.home.path)]),
+    }
     proc = subprocess.run([str(HOOK)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "no target uses" in proc.stdout, proc.stdout + proc.stderr
     # install: idempotent, refuses to overwrite something else unless forced.

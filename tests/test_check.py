@@ -17,10 +17,14 @@ from unittest import mock
 import pytest
 from cryptography import x509
 
-from ntspki import ca as ca_mod
-from ntspki import fsutil, issue, keys, lab, pki
-from ntspki.check import check
-from ntspki.probe import probe
+from ntspki import pki
+from ntspki.audit.check import check
+from ntspki.issuing import ca as ca_mod
+from ntspki.issuing import issue
+from ntspki.nts.probe import probe
+from ntspki.pki import keys
+from ntspki.servers import lab
+from ntspki.store import fsutil
 from tests.conftest import make_site, run_cli
 
 USER = lab.chrony_user()
@@ -32,13 +36,14 @@ NOBODY = pwd.getpwnam("nobody")
 class Case:
     name: str
     dir: Path
-    conf: Path                   # the chrony.conf `check` reads (includes the server's own config)
+    conf: Path  # the chrony.conf `check` reads (includes the server's own config)
     server: lab.ChronyServer | None
-    client_name: str = "ntpserver"   # what the chrony client and the probe check the certificate for
+    client_name: str = "ntpserver"  # what the chrony client and the probe check the certificate for
 
 
-def write_deployment(base: Path, key_pem: bytes, cert_pem: bytes, key_mode=0o640, key_uid=0, key_gid=GID,
-                     dir_mode=0o755) -> tuple[Path, Path]:
+def write_deployment(
+    base: Path, key_pem: bytes, cert_pem: bytes, key_mode=0o640, key_uid=0, key_gid=GID, dir_mode=0o755
+) -> tuple[Path, Path]:
     nts = base / "nts"
     nts.mkdir(parents=True)
     nts.chmod(dir_mode)
@@ -80,14 +85,21 @@ def cases(lab_site):
     other_key = site.home.read_lineage("other").privkey
     dns_key, dns_leaf, _ = leaf_pem(ca, [x509.DNSName("ntpserver")])
     # Valid for 30 days from 60 days ago: expired a month ago.
-    old_key, old_leaf, _ = leaf_pem(ca, [x509.DNSName("ntpserver"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))],
-                                    days=30, back_days=60)
+    old_key, old_leaf, _ = leaf_pem(
+        ca, [x509.DNSName("ntpserver"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))], days=30, back_days=60
+    )
     encrypted_key = keys.private_pem(keys.load_private_pem(good_key), b"secret")
     specs = {
         # name: (key, cert, deployment options, server options, extra conf for check, client name)
         "good": (good_key, good_cert, {}, {}, "source", "ntpserver"),
-        "wrong-owner": (good_key, good_cert, dict(key_uid=NOBODY.pw_uid, key_gid=NOBODY.pw_gid, key_mode=0o600),
-                        {}, "", "ntpserver"),
+        "wrong-owner": (
+            good_key,
+            good_cert,
+            dict(key_uid=NOBODY.pw_uid, key_gid=NOBODY.pw_gid, key_mode=0o600),
+            {},
+            "",
+            "ntpserver",
+        ),
         "root-0600": (good_key, good_cert, dict(key_gid=0, key_mode=0o600), {}, "", "ntpserver"),
         "dir-0700": (good_key, good_cert, dict(dir_mode=0o700), {}, "", "ntpserver"),
         "leaf-only": (good_key, leaf_only, {}, {}, "", "ntpserver"),
@@ -107,12 +119,14 @@ def cases(lab_site):
         conf = d / "chrony.conf"
         confd = d / "conf.d"
         confd.mkdir()
-        conf.write_text(f"# what check reads: the server's config plus a client part\n"
-                        f"include {server.conf_path}\nconfdir {confd}\n")
+        conf.write_text(
+            f"# what check reads: the server's config plus a client part\ninclude {server.conf_path}\nconfdir {confd}\n"
+        )
         if extra == "source":
             (confd / "10-client.conf").write_text(
                 f"server 127.0.0.1 iburst nts port {server.ntp_port} ntsport {server.nts_port}\n"
-                f"ntstrustedcerts {site.root}\n")
+                f"ntstrustedcerts {site.root}\n"
+            )
         out[name] = Case(name, d, conf, server, client_name)
     try:
         with ThreadPoolExecutor(len(out)) as pool:
@@ -131,8 +145,7 @@ def verdicts(cases, lab_site):
     def both(case: Case):
         s = case.server
         by_ip = case.client_name == "127.0.0.1"
-        r = probe(f"127.0.0.1:{s.nts_port}", ca_files=[site.root], name=None if by_ip else case.client_name,
-                  timeout=3)
+        r = probe(f"127.0.0.1:{s.nts_port}", ca_files=[site.root], name=None if by_ip else case.client_name, timeout=3)
         c = lab.chrony_client(case.client_name, s.ntp_port, s.nts_port, site.root, timeout=3)
         return case.name, (r, c)
 
@@ -219,9 +232,17 @@ def test_good_deployment_gets_a_clean_bill_of_health(cases, lab_site):
     case = cases["good"]
     report = run_check(case, site, probe=True)
     assert report.status == "OK" and report.exit_code == 0, [
-        (f.severity, f.message) for f in report.findings if f.severity not in ("ok", "info")]
-    assert {"key-matches", "chain-verifies", "key-readable", "dumpdir", "valid", "served", "source-probe"} \
-        <= report.codes("ok")
+        (f.severity, f.message) for f in report.findings if f.severity not in ("ok", "info")
+    ]
+    assert {
+        "key-matches",
+        "chain-verifies",
+        "key-readable",
+        "dumpdir",
+        "valid",
+        "served",
+        "source-probe",
+    } <= report.codes("ok")
     assert report.user == USER
     # include and confdir were followed
     assert str(case.server.conf_path) in report.files and str(case.dir / "conf.d/10-client.conf") in report.files
@@ -254,12 +275,14 @@ def test_stale_certificate_needs_restart(lab_site, chrony_servers):
     stale = next(f for f in report.findings if f.code == "stale-served")
     assert "needs a restart" in stale.message and "restart" in stale.hint
     # what the probe saw is the old certificate, what deploy would be waiting for is the new one
-    served = probe(f"127.0.0.1:{server.nts_port}", ca_files=[site.root], name="ntpserver",
-                   expect_fingerprint=renewed.sha256)
+    served = probe(
+        f"127.0.0.1:{server.nts_port}", ca_files=[site.root], name="ntpserver", expect_fingerprint=renewed.sha256
+    )
     assert not served.ok and served.stage == "expect" and "expected" in served.error
 
 
 # ---- configurations that need no running chronyd -------------------------------------------------
+
 
 def test_conf_only_faults(lab_site, workdir):
     site, _ = lab_site
@@ -268,18 +291,23 @@ def test_conf_only_faults(lab_site, workdir):
     with_root = workdir / "with-root.pem"
     with_root.write_bytes(live.fullchain + site.root.read_bytes())
     conf = workdir / "chrony.conf"
-    conf.write_text("\n".join([
-        "! comment styles: ! ; % #",
-        f"ntsserverkey {key_path}",
-        f"ntsservercert {cert_path}",
-        f"ntsserverkey {key_path}",
-        f"ntsservercert {with_root}",
-        f"ntsserverkey {workdir}/missing.key",
-        "server time.example iburst nts certset 2",
-        "pool pool.example iburst nts",
-        f"ntstrustedcerts {workdir}/nope.pem",
-        "nosystemcert",
-    ]) + "\n")
+    conf.write_text(
+        "\n".join(
+            [
+                "! comment styles: ! ; % #",
+                f"ntsserverkey {key_path}",
+                f"ntsservercert {cert_path}",
+                f"ntsserverkey {key_path}",
+                f"ntsservercert {with_root}",
+                f"ntsserverkey {workdir}/missing.key",
+                "server time.example iburst nts certset 2",
+                "pool pool.example iburst nts",
+                f"ntstrustedcerts {workdir}/nope.pem",
+                "nosystemcert",
+            ]
+        )
+        + "\n"
+    )
     report = check(str(conf), ca_files=[str(site.root)])
     codes = report.codes("critical")
     assert {"pair-count", "key-exposed", "no-trust", "trust-missing"} <= codes, codes
@@ -290,8 +318,9 @@ def test_conf_only_faults(lab_site, workdir):
 def test_key_owned_by_chrony_user_is_a_warning(lab_site, workdir):
     site, _ = lab_site
     live = site.home.read_lineage("ntpserver")
-    key_path, cert_path = write_deployment(workdir / "d", live.privkey, live.fullchain, key_mode=0o600,
-                                           key_uid=UID, key_gid=GID)
+    key_path, cert_path = write_deployment(
+        workdir / "d", live.privkey, live.fullchain, key_mode=0o600, key_uid=UID, key_gid=GID
+    )
     conf = workdir / "chrony.conf"
     conf.write_text(f"ntsserverkey {key_path}\nntsservercert {cert_path}\nntsdumpdir {workdir}\nuser {USER}\n")
     report = check(str(conf), ca_files=[str(site.root)])
@@ -312,7 +341,7 @@ def test_expiry_thresholds(lab_site, workdir):
 
 
 def test_sourcedir_and_confdir_order(workdir):
-    from ntspki import chronyconf
+    from ntspki.servers import chronyconf
 
     (workdir / "a").mkdir()
     (workdir / "b").mkdir()
@@ -332,6 +361,7 @@ def test_sourcedir_and_confdir_order(workdir):
 
 # ---- the CLI ----------------------------------------------------------------------------------------
 
+
 def test_cli_exit_codes_json_and_prometheus(cases, lab_site, workdir):
     site, _ = lab_site
     good = run_cli("check", "--chrony-conf", cases["good"].conf, "--ca", site.root, "-v")
@@ -340,8 +370,7 @@ def test_cli_exit_codes_json_and_prometheus(cases, lab_site, workdir):
     warn = run_cli("check", "--chrony-conf", cases["no-dumpdir"].conf, "--ca", site.root)
     assert warn.returncode == 1 and "[WARNING] no-dumpdir" in warn.stdout and "fix: add `ntsdumpdir" in warn.stdout
     prom = workdir / "ntspki.prom"
-    crit = run_cli("check", "--chrony-conf", cases["root-0600"].conf, "--ca", site.root, "--json",
-                   "--prometheus", prom)
+    crit = run_cli("check", "--chrony-conf", cases["root-0600"].conf, "--ca", site.root, "--json", "--prometheus", prom)
     assert crit.returncode == 2
     data = json.loads(crit.stdout)
     assert data["status"] == "CRITICAL" and data["counts"]["critical"] >= 1

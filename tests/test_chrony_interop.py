@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ntspki import ca, keys, lab
+from ntspki.issuing import ca
+from ntspki.pki import keys
+from ntspki.servers import lab
 from ntspki.store import Home
 from tests.conftest import make_site
 
@@ -36,12 +38,12 @@ class Served:
         self.key.chmod(0o640)
         self.fullchain.write_bytes((self.site.live / "fullchain.pem").read_bytes())
         self.fullchain.chmod(0o644)
-        self.server = lab.ChronyServer(self.key, self.fullchain, workdir=self.workdir / "chronyd",
-                                       user=lab.chrony_user())
+        self.server = lab.ChronyServer(
+            self.key, self.fullchain, workdir=self.workdir / "chronyd", user=lab.chrony_user()
+        )
 
     def client(self, name: str, trust=None, hosts=None) -> lab.ClientResult:
-        return lab.chrony_client(name, self.server.ntp_port, self.server.nts_port,
-                                 trust or self.site.root, hosts=hosts)
+        return lab.chrony_client(name, self.server.ntp_port, self.server.nts_port, trust or self.site.root, hosts=hosts)
 
 
 @pytest.fixture(scope="module", params=keys.KEY_TYPES)
@@ -73,10 +75,23 @@ def test_key_types_are_what_was_asked(served):
 
 def test_openssl_verify_x509_strict(served):
     live = served.site.live
-    base = ["openssl", "verify", "-x509_strict", "-purpose", "sslserver", "-CAfile", str(served.site.root),
-            "-untrusted", str(live / "chain.pem")]
-    for check in (["-verify_hostname", "ntpserver"], ["-verify_hostname", "ntpserver-ipv6"],
-                  ["-verify_ip", "127.0.0.1"], ["-verify_ip", "::1"]):
+    base = [
+        "openssl",
+        "verify",
+        "-x509_strict",
+        "-purpose",
+        "sslserver",
+        "-CAfile",
+        str(served.site.root),
+        "-untrusted",
+        str(live / "chain.pem"),
+    ]
+    for check in (
+        ["-verify_hostname", "ntpserver"],
+        ["-verify_hostname", "ntpserver-ipv6"],
+        ["-verify_ip", "127.0.0.1"],
+        ["-verify_ip", "::1"],
+    ):
         proc = subprocess.run([*base, *check, str(live / "cert.pem")], capture_output=True, text=True)
         assert proc.returncode == 0 and proc.stdout.strip().endswith(": OK"), (check, proc.stdout, proc.stderr)
     # The same check fails for a name the certificate does not hold (so the OK above means something).
@@ -87,19 +102,44 @@ def test_openssl_verify_x509_strict(served):
 def test_gnutls_certtool_verify(served):
     live = served.site.live
     for name in ("ntpserver", "ntpserver-ipv6"):
-        proc = subprocess.run(["certtool", "--verify", "--load-ca-certificate", str(served.site.root),
-                               "--infile", str(live / "fullchain.pem"), "--verify-hostname", name,
-                               "--verify-purpose", SERVER_AUTH, "--verify-profile", "medium"],
-                              capture_output=True, text=True)
+        proc = subprocess.run(
+            [
+                "certtool",
+                "--verify",
+                "--load-ca-certificate",
+                str(served.site.root),
+                "--infile",
+                str(live / "fullchain.pem"),
+                "--verify-hostname",
+                name,
+                "--verify-purpose",
+                SERVER_AUTH,
+                "--verify-profile",
+                "medium",
+            ],
+            capture_output=True,
+            text=True,
+        )
         assert proc.returncode == 0 and "Chain verification output: Verified." in proc.stdout, proc.stdout + proc.stderr
     # --verify-chain wants the whole chain up to the self-signed root.
     whole = served.workdir / "whole-chain.pem"
     whole.write_bytes((live / "fullchain.pem").read_bytes() + served.site.root.read_bytes())
     proc = subprocess.run(["certtool", "--verify-chain", "--infile", str(whole)], capture_output=True, text=True)
     assert proc.returncode == 0 and "Chain verification output: Verified." in proc.stdout, proc.stdout + proc.stderr
-    proc = subprocess.run(["certtool", "--verify", "--load-ca-certificate", str(served.site.root),
-                           "--infile", str(live / "fullchain.pem"), "--verify-hostname", "other"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            "certtool",
+            "--verify",
+            "--load-ca-certificate",
+            str(served.site.root),
+            "--infile",
+            str(live / "fullchain.pem"),
+            "--verify-hostname",
+            "other",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode != 0 and "Chain verification output: Verified." not in proc.stdout
     assert "does not match the expected" in proc.stdout, proc.stdout
 

@@ -24,23 +24,33 @@ try:
     main(sys.argv[1:])
 except SystemExit:
     pass
-heavy = sorted({m.split('.')[0] for m in sys.modules} & set(%r))
+heavy = sorted({m.split('.')[0] for m in sys.modules} & set(HEAVY_NAMES))
 sys.stderr.write('HEAVY=' + ','.join(heavy) + '\\n')
-""" % (HEAVY,)
+""".replace("HEAVY_NAMES", repr(HEAVY))
 
 
 def _heavy_modules(args, home) -> list[str]:
-    proc = subprocess.run([sys.executable, "-c", PROBE_IMPORTS, "--home", str(home), *args],
-                          capture_output=True, text=True, timeout=60)
-    line = [l for l in proc.stderr.splitlines() if l.startswith("HEAVY=")]
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_IMPORTS, "--home", str(home), *args], capture_output=True, text=True, timeout=60
+    )
+    line = [ln for ln in proc.stderr.splitlines() if ln.startswith("HEAVY=")]
     assert line, proc.stderr
     return [m for m in line[-1][6:].split(",") if m]
 
 
-@pytest.mark.parametrize("args", [
-    ["--help"], ["ca", "--help"], ["issue", "--help"], ["list", "--help"],
-    ["ca", "create", "--no-passphrase"], ["issue", "ntpserver", "--san", "::1"], ["list"], ["show", "ntpserver"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--help"],
+        ["ca", "--help"],
+        ["issue", "--help"],
+        ["list", "--help"],
+        ["ca", "create", "--no-passphrase"],
+        ["issue", "ntpserver", "--san", "::1"],
+        ["list"],
+        ["show", "ntpserver"],
+    ],
+)
 def test_fast_start_never_imports_heavy_modules(args, tmp_path):
     home = tmp_path / "home"
     if args[0] in ("issue", "list", "show") and "--help" not in args:
@@ -56,8 +66,7 @@ def test_every_command_is_there_with_help_and_a_man_page():
         proc = run_cli(name, "--help")
         assert proc.returncode == 0, (name, proc.stderr)
         assert "Usage:" in proc.stdout
-        has_page = (ROOT / "man" / f"ntspki-{name}.1").exists() or re.search(
-            rf'^\.SS "ntspki {name}\b', man_text, re.M)
+        has_page = (ROOT / "man" / f"ntspki-{name}.1").exists() or re.search(rf'^\.SS "ntspki {name}\b', man_text, re.M)
         assert has_page, f"no man page section for {name}"
 
 
@@ -65,8 +74,13 @@ def test_man_pages_render_without_warnings():
     pages = sorted((ROOT / "man").glob("*.1"))
     assert pages
     for page in pages:
-        proc = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True,
-                              env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": "0"}, timeout=60)
+        proc = subprocess.run(
+            ["man", "--warnings", "-l", str(page)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "MANWIDTH": "80", "MAN_KEEP_FORMATTING": "0"},
+            timeout=60,
+        )
         assert proc.returncode == 0, (page, proc.stderr)
         assert proc.stderr.strip() == "", f"{page.name}: {proc.stderr}"
         assert "NAME" in re.sub(".\b", "", proc.stdout)

@@ -21,7 +21,8 @@ from collections import Counter
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ntspki import keys, pki
+from ntspki import pki
+from ntspki.pki import keys
 from ntspki.store import FILES, Home, InconsistentLineage
 from tests.conftest import NTSPKI, run_cli
 
@@ -30,8 +31,12 @@ NAME = "ntpserver"
 
 def snapshot(home: Home) -> dict[tuple[str, int, str], bytes]:
     """The bytes of every complete version's files."""
-    return {(name, v, kind): (home.archive / name / f"{kind}{v}.pem").read_bytes()
-            for name in os.listdir(home.archive) for v in home.versions(name) for kind in FILES}
+    return {
+        (name, v, kind): (home.archive / name / f"{kind}{v}.pem").read_bytes()
+        for name in os.listdir(home.archive)
+        for v in home.versions(name)
+        for kind in FILES
+    }
 
 
 def check_home(home: Home, before: dict, root: list[x509.Certificate]) -> str:
@@ -102,6 +107,7 @@ def new_files(directory):
             return bool(set(os.listdir(directory)) - before)
         except FileNotFoundError:
             return False
+
     return started
 
 
@@ -120,8 +126,9 @@ def test_sigkill_single_issue_keeps_previous_version(tmp_path):
         outcomes[kill_while_writing(cmd, new_files(home.archive / NAME), max_delay=0.003)] += 1
         states[check_home(home, before, root)] += 1
         if i % 3 == 2:  # the next issue succeeds, whatever state the kill left, with a fresh number
-            taken = max(int(m.group(1)) for n in os.listdir(home.archive / NAME)
-                        if (m := re.fullmatch(r"[a-z]+(\d+)\.pem", n)))
+            taken = max(
+                int(m.group(1)) for n in os.listdir(home.archive / NAME) if (m := re.fullmatch(r"[a-z]+(\d+)\.pem", n))
+            )
             proc = run_cli("issue", NAME, "--json", home=home.path, check=True)
             assert json.loads(proc.stdout)["version"] == taken + 1
             assert check_home(home, snapshot(home), root) == "consistent"
@@ -134,8 +141,7 @@ def test_sigkill_single_issue_keeps_previous_version(tmp_path):
     assert check_home(home, snapshot(home), root) == "consistent"
     assert home.read_lineage(NAME).version == max(home.versions(NAME))
     # The kills did land mid-write: some left a partial new version or a half-switched live/.
-    partial = sum(1 for v in range(1, max(home.versions(NAME)))
-                  if v not in home.versions(NAME))
+    partial = sum(1 for v in range(1, max(home.versions(NAME))) if v not in home.versions(NAME))
     print("single issue:", outcomes, states, "partial versions", partial)
     assert outcomes["killed"] >= 12, outcomes
     assert partial + states["switching"] >= 3, (outcomes, states, partial)

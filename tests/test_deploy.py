@@ -4,17 +4,20 @@ modes, clients synchronising, restart strategies, rollback, and refusals that ch
 from __future__ import annotations
 
 import datetime as dt
+import grp
 import json
 import os
 import stat
-import grp
 
 import pytest
 from cryptography import x509
 
-from ntspki import ca as ca_mod
-from ntspki import deploy, deployconfig, keys, pki, services
+from ntspki import deploy, pki
+from ntspki.deploy import deployconfig
 from ntspki.errors import NtspkiError
+from ntspki.issuing import ca as ca_mod
+from ntspki.pki import keys
+from ntspki.servers import services
 from tests.deploy_env import DeployLab, gnutls_served_ok, openssl_served_sha256
 
 
@@ -95,10 +98,31 @@ def test_default_restart_is_systemctl_restart_of_the_unit_that_exists(dl):
 def test_one_off_flags_without_a_config(dl):
     want = dl.new_version()
     restarts = dl.restarts()
-    proc = dl.cli("deploy", "--lineage", dl.home.live / "ntpserver", "--cert", dl.cert, "--key", dl.key,
-                  "--restart-command", dl.restart_script, "--probe", f"127.0.0.1:{dl.server.nts_port}",
-                  "--probe-name", "ntpserver", "--ca", dl.site.root, "--service-conf", dl.server.conf_path,
-                  "--group", "_chrony", "--key-mode", "0640", "--cert-mode", "0644")
+    proc = dl.cli(
+        "deploy",
+        "--lineage",
+        dl.home.live / "ntpserver",
+        "--cert",
+        dl.cert,
+        "--key",
+        dl.key,
+        "--restart-command",
+        dl.restart_script,
+        "--probe",
+        f"127.0.0.1:{dl.server.nts_port}",
+        "--probe-name",
+        "ntpserver",
+        "--ca",
+        dl.site.root,
+        "--service-conf",
+        dl.server.conf_path,
+        "--group",
+        "_chrony",
+        "--key-mode",
+        "0640",
+        "--cert-mode",
+        "0644",
+    )
     assert proc.returncode == 0, proc.stderr
     assert dl.served() == want and dl.restarts() == restarts + 1
 
@@ -106,8 +130,12 @@ def test_one_off_flags_without_a_config(dl):
 def test_several_targets_one_restart(dl):
     """A second copy (e.g. for a container) and the served one: one restart for both."""
     copy_dir = dl.root / "etc" / "chrony" / "copy"
-    dl.write_config({"ntpserver": dl.settings(),
-                     "copy": dl.settings(cert=str(copy_dir / "c.crt"), key=str(copy_dir / "c.key"), probe=False)})
+    dl.write_config(
+        {
+            "ntpserver": dl.settings(),
+            "copy": dl.settings(cert=str(copy_dir / "c.crt"), key=str(copy_dir / "c.key"), probe=False),
+        }
+    )
     want = dl.new_version()
     restarts = dl.restarts()
     proc = dl.cli("deploy", "--all", "--json")
@@ -143,8 +171,9 @@ def test_rollback_to_a_certificate_from_another_ca(dl, tmp_path):
     other = make_site(dl.root / "other-home")
     dl.noop(True)
     try:
-        target = deployconfig.make_target("ntpserver", dl.settings(source=str(other.live), ca=str(other.root),
-                                                                   probe_timeout=1), dl.home)
+        target = deployconfig.make_target(
+            "ntpserver", dl.settings(source=str(other.live), ca=str(other.root), probe_timeout=1), dl.home
+        )
         report = deploy.deploy([target])
     finally:
         dl.noop(False)
@@ -173,10 +202,15 @@ def test_pair_the_server_cannot_load_rolls_back(dl):
 
 # ---- refusals: validation before anything is touched -----------------------------------------
 
+
 def _live_dir(path, key_pem: bytes, cert_pem: bytes, chain_pem: bytes, fullchain: bytes | None = None):
     path.mkdir(parents=True)
-    for name, data in (("privkey", key_pem), ("cert", cert_pem), ("chain", chain_pem),
-                       ("fullchain", fullchain if fullchain is not None else cert_pem + chain_pem)):
+    for name, data in (
+        ("privkey", key_pem),
+        ("cert", cert_pem),
+        ("chain", chain_pem),
+        ("fullchain", fullchain if fullchain is not None else cert_pem + chain_pem),
+    ):
         (path / f"{name}.pem").write_bytes(data)
     return path
 
@@ -194,11 +228,16 @@ def bad_sources(dl):
         if not_after is None and not_before is None:
             return pki.make_leaf(key, ca.intermediate, ca.intermediate_key, sans)
         now = pki.now()
-        b = (x509.CertificateBuilder().subject_name(ca.intermediate.subject).issuer_name(ca.intermediate.subject)
-             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-             .not_valid_before(not_before or now - dt.timedelta(days=30))
-             .not_valid_after(not_after or now + dt.timedelta(days=30))
-             .add_extension(x509.SubjectAlternativeName(sans), critical=False))
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(ca.intermediate.subject)
+            .issuer_name(ca.intermediate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(not_before or now - dt.timedelta(days=30))
+            .not_valid_after(not_after or now + dt.timedelta(days=30))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        )
         return b.sign(ca.intermediate_key, keys.signature_hash(ca.intermediate_key))
 
     chain = ca.chain_pem
@@ -216,20 +255,27 @@ def bad_sources(dl):
         # Right material, but a name the target requires is not in it.
         "names": (good, {"names": ["ntpserver", "elsewhere.example"]}),
         # P-384 is fine for chrony; ntpd-rs is configured with a type list: check it is enforced.
-        "ok-p384": _live_dir(base / "p384", keys.private_pem(p384),
-                             pki.cert_pem(pki.make_leaf(p384, ca.intermediate, ca.intermediate_key, sans)), chain),
+        "ok-p384": _live_dir(
+            base / "p384",
+            keys.private_pem(p384),
+            pki.cert_pem(pki.make_leaf(p384, ca.intermediate, ca.intermediate_key, sans)),
+            chain,
+        ),
     }
 
 
-@pytest.mark.parametrize("case, reason", [
-    ("does not match", "does not match"),
-    ("not leaf first", "not leaf first"),
-    ("expired", "expired"),
-    ("encrypted", "encrypted"),
-    ("issuer", "chain does not verify"),
-    ("no readable PEM", "no readable PEM"),
-    ("names", "elsewhere.example"),
-])
+@pytest.mark.parametrize(
+    "case, reason",
+    [
+        ("does not match", "does not match"),
+        ("not leaf first", "not leaf first"),
+        ("expired", "expired"),
+        ("encrypted", "encrypted"),
+        ("issuer", "chain does not verify"),
+        ("no readable PEM", "no readable PEM"),
+        ("names", "elsewhere.example"),
+    ],
+)
 def test_bad_source_is_refused_and_nothing_changes(dl, bad_sources, case, reason):
     src = bad_sources[case]
     extra = {}
@@ -247,8 +293,19 @@ def test_bad_source_is_refused_and_nothing_changes(dl, bad_sources, case, reason
 
 
 def test_bad_source_through_the_cli_is_one_line(dl, bad_sources):
-    proc = dl.cli("deploy", "--lineage", bad_sources["expired"], "--cert", dl.cert, "--key", dl.key,
-                  "--ca", dl.site.root, "--restart-command", dl.restart_script)
+    proc = dl.cli(
+        "deploy",
+        "--lineage",
+        bad_sources["expired"],
+        "--cert",
+        dl.cert,
+        "--key",
+        dl.key,
+        "--ca",
+        dl.site.root,
+        "--restart-command",
+        dl.restart_script,
+    )
     assert proc.returncode == 1
     assert "Traceback" not in proc.stderr
     assert "refused" in proc.stdout and "expired" in proc.stdout
@@ -313,9 +370,17 @@ def test_no_ntsdumpdir_warns_loudly_with_the_fix(dl, tmp_path):
     conf = dl.root / "no-dump.conf"
     conf.write_text("ntsserverkey /x\nntsservercert /y\n")
     copy = dl.root / "etc" / "warn"
-    target = deployconfig.make_target("warn", dl.settings(cert=str(copy / "w.crt"), key=str(copy / "w.key"),
-                                                          service_conf=str(conf), restart_command="true",
-                                                          probe=False), dl.home)
+    target = deployconfig.make_target(
+        "warn",
+        dl.settings(
+            cert=str(copy / "w.crt"),
+            key=str(copy / "w.key"),
+            service_conf=str(conf),
+            restart_command="true",
+            probe=False,
+        ),
+        dl.home,
+    )
     report = deploy.deploy([target])
     assert report.ok
     assert any("no ntsdumpdir" in w and "ntsdumpdir /var/lib/chrony" in w for w in report.warnings)
@@ -325,9 +390,16 @@ def test_no_ntsdumpdir_warns_loudly_with_the_fix(dl, tmp_path):
 def test_missing_systemd_unit_is_refused(dl, monkeypatch):
     bindir, _ = dl.fake_systemctl()
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
-    target = deployconfig.make_target("rs", dl.settings(service="ntpd-rs", restart_command=None,
-                                                        cert=str(dl.root / "rs" / "c.crt"),
-                                                        key=str(dl.root / "rs" / "c.key")), dl.home)
+    target = deployconfig.make_target(
+        "rs",
+        dl.settings(
+            service="ntpd-rs",
+            restart_command=None,
+            cert=str(dl.root / "rs" / "c.crt"),
+            key=str(dl.root / "rs" / "c.key"),
+        ),
+        dl.home,
+    )
     report = deploy.deploy([target])
     assert report.exit_code == deploy.REFUSED
     assert "ntpd-rs.service" in report.targets[0].message
@@ -340,11 +412,21 @@ def test_missing_systemd_unit_is_refused(dl, monkeypatch):
 def test_deploy_lineages_deploys_targets_of_those_live_dirs(dl, tmp_path):
     """What `ntspki renew` calls after renewing: only the targets whose source changed."""
     other = dl.root / "etc" / "lineages"
-    cfg = dl.write_config({
-        "ntpserver": dl.settings(restart_command="true", probe=False, cert=str(other / "a.crt"), key=str(other / "a.key")),
-        "unrelated": dl.settings(source=str(dl.root / "bad" / "p384"), restart_command="true", probe=False,
-                                 cert=str(other / "b.crt"), key=str(other / "b.key"), ca=str(dl.site.root)),
-    })
+    cfg = dl.write_config(
+        {
+            "ntpserver": dl.settings(
+                restart_command="true", probe=False, cert=str(other / "a.crt"), key=str(other / "a.key")
+            ),
+            "unrelated": dl.settings(
+                source=str(dl.root / "bad" / "p384"),
+                restart_command="true",
+                probe=False,
+                cert=str(other / "b.crt"),
+                key=str(other / "b.key"),
+                ca=str(dl.site.root),
+            ),
+        }
+    )
     try:
         report = deploy.deploy_lineages([dl.home.live / "ntpserver"], home=dl.home)
         assert [t.name for t in report.targets] == ["ntpserver"] and report.ok

@@ -32,9 +32,13 @@ def _state(pid: int) -> str:
 
 def _kill_at(dl: DeployLab, step: str) -> None:
     """Run `ntspki deploy --all`, wait until it stops itself at `step`, SIGKILL it there."""
-    proc = subprocess.Popen([*NTSPKI, "--home", str(dl.home.path), "deploy", "--all"],
-                            env={**os.environ, deploy.PAUSE_ENV: step},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [*NTSPKI, "--home", str(dl.home.path), "deploy", "--all"],
+        env={**os.environ, deploy.PAUSE_ENV: step},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while _state(proc.pid) != "T":
         assert proc.poll() is None, f"deploy ended before step {step}: {proc.communicate()}"
@@ -49,8 +53,7 @@ def _journal(dl) -> bool:
     return (dl.dest / f".{dl.cert.name}.ntspki-journal").exists()
 
 
-SUCCESS_STEPS = ["locked", "validated", "previous-saved", "staged", "key-installed", "installed",
-                 "restarted", "probed"]
+SUCCESS_STEPS = ["locked", "validated", "previous-saved", "staged", "key-installed", "installed", "restarted", "probed"]
 
 
 @pytest.mark.parametrize("step", SUCCESS_STEPS)
@@ -94,7 +97,7 @@ def test_recover_at_server_start_closes_the_new_key_old_cert_window(dl):
     again = dl.cli("deploy", "--recover", "--all")
     assert again.returncode == 0 and "nothing to recover" in again.stdout
     # While another deploy holds the lock, --recover returns at once instead of waiting.
-    from ntspki import fsutil
+    from ntspki.store import fsutil
 
     with fsutil.locked(deploy.default_lock_path(dl.home)):
         busy = dl.cli("deploy", "--recover", "--all")
@@ -126,8 +129,15 @@ def test_concurrent_deploys_restart_once(dl):
     certificate deployed and served and does nothing."""
     new = dl.new_version()
     restarts = dl.restarts()
-    procs = [subprocess.Popen([*NTSPKI, "--home", str(dl.home.path), "deploy", "--all"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [*NTSPKI, "--home", str(dl.home.path), "deploy", "--all"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
     statuses = sorted(o[0].split(":")[1].split()[0] for o in outs)

@@ -15,9 +15,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from tests.conftest import NTSPKI, run_cli
-from ntspki import keys, pki
+from ntspki import pki
+from ntspki.pki import keys
 from ntspki.store import FILES
+from tests.conftest import NTSPKI, run_cli
 
 PASSPHRASE = "correct horse battery staple"
 NO_PASSPHRASE_ENV = {k: v for k, v in os.environ.items() if k != "NTSPKI_PASSPHRASE"}
@@ -56,6 +57,7 @@ def home(tmp_path) -> Path:
 
 
 # ---- ca create --------------------------------------------------------------------------------------
+
 
 def _root_key_is_encrypted(home: Path, passphrase: str) -> None:
     pem = (home / "ca/private/root.key").read_bytes()
@@ -102,8 +104,10 @@ def test_ca_create_with_passphrase_env_and_wrong_passphrase(tmp_path):
     one_line_error(wrong, "wrong passphrase")
     wrong_file = tmp_path / "wrong"
     wrong_file.write_text("also wrong\n")
-    one_line_error(run_cli("ca", "intermediate", "--passphrase-file", wrong_file, home=home, env=NO_PASSPHRASE_ENV),
-                   "wrong passphrase")
+    one_line_error(
+        run_cli("ca", "intermediate", "--passphrase-file", wrong_file, home=home, env=NO_PASSPHRASE_ENV),
+        "wrong passphrase",
+    )
     none = run_cli("ca", "intermediate", home=home, env=NO_PASSPHRASE_ENV, input="")
     one_line_error(none, "passphrase")
     assert (home / "ca/intermediate.pem").read_bytes() == inter  # nothing changed
@@ -143,8 +147,9 @@ def test_duplicate_ca_is_refused_and_force_keeps_the_old_one(home):
 @pytest.mark.parametrize("key_type", ["ec-p256", "ed25519"])  # Ed25519 chains are checked by ntspki's own code
 def test_name_constraints_reject_an_outside_name(tmp_path, key_type):
     home = tmp_path / "home"
-    ca_create(home, "--no-passphrase", "--key-type", key_type, "--permit-dns", "example.net",
-              "--permit-ip", "127.0.0.0/8")
+    ca_create(
+        home, "--no-passphrase", "--key-type", key_type, "--permit-dns", "example.net", "--permit-ip", "127.0.0.0/8"
+    )
     run_cli("issue", "ntp.example.net", "--san", "127.0.0.1", home=home, check=True)
     one_line_error(run_cli("issue", "ntp.example.org", home=home), "ntp.example.org")
     one_line_error(run_cli("issue", "ntp2.example.net", "--san", "time.example.org", home=home), "does not verify")
@@ -157,9 +162,21 @@ def test_name_constraints_reject_an_outside_name(tmp_path, key_type):
 
 # ---- issue: layout, contents, modes ------------------------------------------------------------------
 
+
 def test_issue_layout_contents_and_modes(home):
-    proc = run_cli("issue", "NTPServer", "--san", "ntpserver-ipv6", "--san", "127.0.0.1", "--san", "::1",
-                   "--json", home=home, check=True)
+    proc = run_cli(
+        "issue",
+        "NTPServer",
+        "--san",
+        "ntpserver-ipv6",
+        "--san",
+        "127.0.0.1",
+        "--san",
+        "::1",
+        "--json",
+        home=home,
+        check=True,
+    )
     result = json.loads(proc.stdout)
     assert result["name"] == "ntpserver" and result["version"] == 1
     live, archive = home / "live/ntpserver", home / "archive/ntpserver"
@@ -183,7 +200,8 @@ def test_issue_layout_contents_and_modes(home):
     assert [str(ip) for ip in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1", "::1"]
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "ntpserver"
     assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == x509.ExtendedKeyUsage(
-        [ExtendedKeyUsageOID.SERVER_AUTH])
+        [ExtendedKeyUsageOID.SERVER_AUTH]
+    )
     assert cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca is False
     assert cert.serial_number > 0
     assert 89 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 90
@@ -202,8 +220,23 @@ def test_issue_layout_contents_and_modes(home):
 def test_reissue_makes_version_2_and_keeps_history(home):
     run_cli("issue", "ntpserver", "--san", "127.0.0.1", home=home, check=True)
     v1 = {kind: (home / f"archive/ntpserver/{kind}1.pem").read_bytes() for kind in FILES}
-    out = json.loads(run_cli("issue", "ntpserver", "--san", "127.0.0.1", "--san", "::1", "--days", "30",
-                             "--key-type", "ed25519", "--json", home=home, check=True).stdout)
+    out = json.loads(
+        run_cli(
+            "issue",
+            "ntpserver",
+            "--san",
+            "127.0.0.1",
+            "--san",
+            "::1",
+            "--days",
+            "30",
+            "--key-type",
+            "ed25519",
+            "--json",
+            home=home,
+            check=True,
+        ).stdout
+    )
     assert out["version"] == 2
     for kind in FILES:
         assert os.readlink(home / f"live/ntpserver/{kind}.pem") == f"../../archive/ntpserver/{kind}2.pem"
@@ -233,8 +266,9 @@ def test_list_and_show(home):
     run_cli("issue", "ntp2.example.net", "--key-type", "rsa-2048", home=home, check=True)
 
     table = run_cli("list", home=home, check=True).stdout
-    assert re.search(r"^ntp1\.example\.net\s+1\s+\S+\s+(9|10)\s+ec-p256\s+internal\s+ntp1\.example\.net 192\.0\.2\.1$",
-                     table, re.M), table
+    assert re.search(
+        r"^ntp1\.example\.net\s+1\s+\S+\s+(9|10)\s+ec-p256\s+internal\s+ntp1\.example\.net 192\.0\.2\.1$", table, re.M
+    ), table
     assert re.search(r"^ntp2\.example\.net\s+1\s.*rsa-2048", table, re.M), table
 
     rows = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
@@ -270,14 +304,20 @@ def test_show_reports_a_broken_chain(home, tmp_path):
 
 # ---- batches ---------------------------------------------------------------------------------------------
 
+
 def test_batch_issues_a_fleet(home, tmp_path):
     batch = tmp_path / "fleet.txt"
-    batch.write_text("# the fleet\n\nntp1.example.net ntp1-ipv6.example.net 192.0.2.1\n"
-                     "ntp2.example.net   2001:db8::2  # trailing comment\nntp1.example.net 192.0.2.1\n")
+    batch.write_text(
+        "# the fleet\n\nntp1.example.net ntp1-ipv6.example.net 192.0.2.1\n"
+        "ntp2.example.net   2001:db8::2  # trailing comment\nntp1.example.net 192.0.2.1\n"
+    )
     proc = run_cli("issue", "--from", batch, "--json", home=home, check=True)
     out = json.loads(proc.stdout)
-    assert [(r["name"], r["version"]) for r in out] == [("ntp1.example.net", 1), ("ntp2.example.net", 1),
-                                                         ("ntp1.example.net", 2)]
+    assert [(r["name"], r["version"]) for r in out] == [
+        ("ntp1.example.net", 1),
+        ("ntp2.example.net", 1),
+        ("ntp1.example.net", 2),
+    ]
     assert out[1]["sans"] == ["ntp2.example.net", "2001:db8::2"]
     assert proc.stderr == ""  # not a terminal: no progress bar
     rows = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
@@ -287,13 +327,16 @@ def test_batch_issues_a_fleet(home, tmp_path):
         pki.verify_chain(root, load_pem_certs(home / "live" / name / "fullchain.pem"))
 
 
-@pytest.mark.parametrize("bad_line, needle", [
-    ("ntp2.example.net bad_name!", "line 3: bad host name 'bad_name!'"),
-    ("ntp2.example.net 1.2.3.256", "line 3: bad host name '1.2.3.256'"),
-    ("*.*.example.net", "line 3: bad host name '*.*.example.net'"),
-    ("ntp2.example.net *.net", "line 3: bad host name '*.net'"),
-    ("192.0.2.7", "line 3: the certificate name must be a host name"),
-])
+@pytest.mark.parametrize(
+    "bad_line, needle",
+    [
+        ("ntp2.example.net bad_name!", "line 3: bad host name 'bad_name!'"),
+        ("ntp2.example.net 1.2.3.256", "line 3: bad host name '1.2.3.256'"),
+        ("*.*.example.net", "line 3: bad host name '*.*.example.net'"),
+        ("ntp2.example.net *.net", "line 3: bad host name '*.net'"),
+        ("192.0.2.7", "line 3: the certificate name must be a host name"),
+    ],
+)
 def test_batch_with_a_bad_line_issues_nothing(home, tmp_path, bad_line, needle):
     batch = tmp_path / "fleet.txt"
     batch.write_text(f"ntp1.example.net\n# comment\n{bad_line}\nntp3.example.net\n")
@@ -313,6 +356,7 @@ def test_batch_line_outside_name_constraints_issues_nothing(tmp_path):
 
 # ---- bad input: one line, non-zero, no traceback ------------------------------------------------------------
 
+
 def test_no_ca_yet(tmp_path):
     for args in (["issue", "ntpserver"], ["issue", "--from", "-"], ["ca", "show"], ["ca", "intermediate"]):
         one_line_error(run_cli(*args, home=tmp_path / "home", input="ntpserver\n"), "ca create")
@@ -320,26 +364,29 @@ def test_no_ca_yet(tmp_path):
     one_line_error(run_cli("issue", "ntpserver", home=tmp_path / "empty"), "no CA", "ca create")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["issue", "bad_name!"], "'bad_name!'"),
-    (["issue", "ntp..example.net"], "empty label"),
-    (["issue", "a" * 64 + ".example.net"], "63"),
-    (["issue", "ntp.example.net", "--san", "1.2.3.256"], "'1.2.3.256'"),
-    (["issue", "ntp.example.net", "--san", "*.*.example.net"], "wildcard"),
-    (["issue", "127.0.0.1"], "not an address"),
-    (["issue", "ntpserver", "--key-type", "dsa"], "'dsa'"),
-    (["issue", "ntpserver", "--days", "0"], "--days"),
-    (["issue", "ntpserver", "--days", "100000"], "intermediate CA expires"),
-    (["issue"], "NAME"),
-    (["issue", "--from", "/nonexistent/fleet.txt"], "/nonexistent/fleet.txt"),
-    (["ca", "create", "--no-passphrase", "--key-type", "dsa"], "'dsa'"),
-    (["ca", "create", "--force", "--passphrase-file", "/nonexistent/pass"], "/nonexistent/pass"),
-    (["ca", "create", "--no-passphrase", "--permit-dns", "exa mple.net"], "'exa mple.net'"),
-    (["ca", "create", "--no-passphrase", "--permit-ip", "300.0.0.0/8"], "300.0.0.0/8"),
-    (["show", "nosuch"], "nosuch"),
-    (["show", "../../etc"], "../../etc"),
-    (["list", "--expiring", "soon"], "--expiring"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["issue", "bad_name!"], "'bad_name!'"),
+        (["issue", "ntp..example.net"], "empty label"),
+        (["issue", "a" * 64 + ".example.net"], "63"),
+        (["issue", "ntp.example.net", "--san", "1.2.3.256"], "'1.2.3.256'"),
+        (["issue", "ntp.example.net", "--san", "*.*.example.net"], "wildcard"),
+        (["issue", "127.0.0.1"], "not an address"),
+        (["issue", "ntpserver", "--key-type", "dsa"], "'dsa'"),
+        (["issue", "ntpserver", "--days", "0"], "--days"),
+        (["issue", "ntpserver", "--days", "100000"], "intermediate CA expires"),
+        (["issue"], "NAME"),
+        (["issue", "--from", "/nonexistent/fleet.txt"], "/nonexistent/fleet.txt"),
+        (["ca", "create", "--no-passphrase", "--key-type", "dsa"], "'dsa'"),
+        (["ca", "create", "--force", "--passphrase-file", "/nonexistent/pass"], "/nonexistent/pass"),
+        (["ca", "create", "--no-passphrase", "--permit-dns", "exa mple.net"], "'exa mple.net'"),
+        (["ca", "create", "--no-passphrase", "--permit-ip", "300.0.0.0/8"], "300.0.0.0/8"),
+        (["show", "nosuch"], "nosuch"),
+        (["show", "../../etc"], "../../etc"),
+        (["list", "--expiring", "soon"], "--expiring"),
+    ],
+)
 def test_bad_input_is_one_line(home, args, needle):
     before = sorted(str(p.relative_to(home)) for p in home.rglob("*"))
     one_line_error(run_cli(*args, home=home, env=NO_PASSPHRASE_ENV, input=""), needle)
@@ -367,18 +414,25 @@ def test_unreadable_home_as_another_user(home, tmp_path):
     (home.rename(locked / "home"))
     as_nobody = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *NTSPKI]
     for args in (["list"], ["show", "ntpserver"], ["issue", "ntp2"], ["ca", "create", "--no-passphrase"]):
-        proc = subprocess.run([*as_nobody, "--home", str(locked / "home"), *args], capture_output=True,
-                              text=True, timeout=60, cwd="/")
+        proc = subprocess.run(
+            [*as_nobody, "--home", str(locked / "home"), *args], capture_output=True, text=True, timeout=60, cwd="/"
+        )
         one_line_error(proc, str(locked / "home"))
     # Reachable home, unreadable CA key (0700 ca/private): issuing says so and writes nothing.
     locked.chmod(0o755)
-    proc = subprocess.run([*as_nobody, "--home", str(locked / "home"), "issue", "ntp2"], capture_output=True,
-                          text=True, timeout=60, cwd="/")
+    proc = subprocess.run(
+        [*as_nobody, "--home", str(locked / "home"), "issue", "ntp2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
+    )
     one_line_error(proc)
     assert not (locked / "home/live/ntp2").exists()
 
 
 # ---- private keys are never readable by others, not even for an instant --------------------------------------
+
 
 class ModeWatcher(threading.Thread):
     """Polls every file under a directory as fast as it can, recording the mode of each key file seen
@@ -438,6 +492,12 @@ def test_keys_never_readable_by_others_even_with_umask_0(tmp_path):
     assert len(keys_on_disk) == 2 + (2 * 300 + 1) + 300  # CA keys, archive keys, live links
     for p in keys_on_disk:
         assert mode(p.resolve()) == 0o600, p
-    for d in [home / "ca/private", home / "archive", home / "live", home / "renewal",
-              *(home / "archive").iterdir(), *(home / "live").iterdir()]:
+    for d in [
+        home / "ca/private",
+        home / "archive",
+        home / "live",
+        home / "renewal",
+        *(home / "archive").iterdir(),
+        *(home / "live").iterdir(),
+    ]:
         assert mode(d) == 0o700, d

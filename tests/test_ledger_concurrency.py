@@ -17,8 +17,9 @@ SAME = "ntp.example.net"
 
 
 def start(home, *args) -> subprocess.Popen:
-    return subprocess.Popen([*NTSPKI, "--home", str(home), *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [*NTSPKI, "--home", str(home), *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_concurrent_issues_never_share_a_version_or_corrupt_the_ledger(tmp_path):
@@ -82,4 +83,5 @@ def test_concurrent_issues_never_share_a_version_or_corrupt_the_ledger(tmp_path)
     assert not [p for d in home.archive.iterdir() for p in d.iterdir() if p.name.startswith(".")]
     for name in home.lineage_names():
         assert sorted(os.listdir(home.archive / name)) == sorted(
-            f"{kind}{v}.pem" for kind in FILES for v in home.versions(name))
+            f"{kind}{v}.pem" for kind in FILES for v in home.versions(name)
+        )

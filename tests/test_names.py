@@ -1,4 +1,4 @@
-"""Property tests for the names that go into a certificate's subjectAltName (ntspki.names).
+"""Property tests for the names that go into a certificate's subjectAltName (ntspki.pki.names).
 
 chrony matches a server given by name against DNS SANs and one given by address against IP SANs
 only, so the split and the validation here decide whether a certificate works at all."""
@@ -14,9 +14,9 @@ from cryptography import x509
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-from ntspki import names
 from ntspki.errors import NtspkiError
-from ntspki.names import BadName
+from ntspki.pki import names
+from ntspki.pki.names import BadName
 
 LDH = string.ascii_lowercase + string.digits + "-"
 
@@ -47,6 +47,7 @@ def random_case(draw, text: str) -> str:
 
 
 # ---- valid names ---------------------------------------------------------------------------------
+
 
 @given(host_name())
 def test_valid_name_round_trips(name):
@@ -100,6 +101,7 @@ def test_bad_punycode_is_refused(bad):
 
 # ---- wildcards -----------------------------------------------------------------------------------
 
+
 @given(host_name())
 def test_wildcard_only_as_whole_left_most_label(name):
     assume(name.count(".") >= 1)  # a wildcard needs at least two labels after it
@@ -116,8 +118,19 @@ def test_wildcard_elsewhere_is_refused(data, name, shape):
         names.normalize_dns_name(".".join(labels))
 
 
-@pytest.mark.parametrize("bad", ["*", "*.example", "a.*.example.net", "**.example.net", "*.*.example.net",
-                                 "w*.example.net", "*w.example.net", "example.*"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "*",
+        "*.example",
+        "a.*.example.net",
+        "**.example.net",
+        "*.*.example.net",
+        "w*.example.net",
+        "*w.example.net",
+        "example.*",
+    ],
+)
 def test_wildcard_examples(bad):
     with pytest.raises(BadName) as e:
         names.parse_san(bad)
@@ -125,6 +138,7 @@ def test_wildcard_examples(bad):
 
 
 # ---- lengths -------------------------------------------------------------------------------------
+
 
 @given(st.integers(1, 63))
 def test_label_up_to_63(n):
@@ -165,15 +179,34 @@ def test_name_over_253_is_refused(n):
         names.normalize_dns_name(name)
 
 
-@pytest.mark.parametrize("bad", ["", " ", ".", "a..b", ".a.b", "-a.example", "a-.example", "a_b.example",
-                                 "ab--cd.example", "host.123", "1.2.3.256", "192.168.1", "a b.example",
-                                 "fe80::1%eth0", "[::1", "::g"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "",
+        " ",
+        ".",
+        "a..b",
+        ".a.b",
+        "-a.example",
+        "a-.example",
+        "a_b.example",
+        "ab--cd.example",
+        "host.123",
+        "1.2.3.256",
+        "192.168.1",
+        "a b.example",
+        "fe80::1%eth0",
+        "[::1",
+        "::g",
+    ],
+)
 def test_bad_names_examples(bad):
     with pytest.raises(BadName):
         names.parse_san(bad)
 
 
 # ---- IP literals ---------------------------------------------------------------------------------
+
 
 @given(st.ip_addresses(v=4))
 def test_ipv4_literal_becomes_ip_san(ip):
@@ -196,10 +229,15 @@ def test_an_address_is_never_a_dns_san(ip):
 
 
 def test_unique_sans_keeps_order_and_drops_repeats():
-    got = names.unique_sans(["ntpserver", "ntpserver-ipv6", "127.0.0.1", "::1", "NTPSERVER.",
-                             "0:0:0:0:0:0:0:1", "[::1]"])
-    assert got == [x509.DNSName("ntpserver"), x509.DNSName("ntpserver-ipv6"),
-                   x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("::1"))]
+    got = names.unique_sans(
+        ["ntpserver", "ntpserver-ipv6", "127.0.0.1", "::1", "NTPSERVER.", "0:0:0:0:0:0:0:1", "[::1]"]
+    )
+    assert got == [
+        x509.DNSName("ntpserver"),
+        x509.DNSName("ntpserver-ipv6"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+    ]
 
 
 # ---- junk ----------------------------------------------------------------------------------------

@@ -10,9 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from ntspki import lab, ntske, pki
+from ntspki import pki
 from ntspki.errors import NtspkiError
-from ntspki.probe import parse_target, probe, probe_many
+from ntspki.nts import ntske
+from ntspki.nts.probe import parse_target, probe, probe_many
+from ntspki.servers import lab
 from tests.conftest import make_site, run_cli
 from tests.test_cli_basics import _heavy_modules
 
@@ -24,8 +26,13 @@ def servers():
     made = {}
     for key_type, nproc in (("ec-p256", 2), ("ed25519", 1), ("rsa-2048", 1)):
         site = make_site(base / key_type, key_type)
-        server = lab.ChronyServer(site.live / "privkey.pem", site.live / "fullchain.pem",
-                                  workdir=base / f"{key_type}-chronyd", user="root", ntsprocesses=nproc)
+        server = lab.ChronyServer(
+            site.live / "privkey.pem",
+            site.live / "fullchain.pem",
+            workdir=base / f"{key_type}-chronyd",
+            user="root",
+            ntsprocesses=nproc,
+        )
         made[key_type] = (site, server)
     try:
         with ThreadPoolExecutor(len(made)) as pool:
@@ -44,10 +51,16 @@ def main(servers):
 
 # ---- the happy path --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("target, name", [
-    ("127.0.0.1:{port}", None), ("[::1]:{port}", None),
-    ("127.0.0.1:{port}", "ntpserver"), ("[::1]:{port}", "ntpserver-ipv6"),
-])
+
+@pytest.mark.parametrize(
+    "target, name",
+    [
+        ("127.0.0.1:{port}", None),
+        ("[::1]:{port}", None),
+        ("127.0.0.1:{port}", "ntpserver"),
+        ("[::1]:{port}", "ntpserver-ipv6"),
+    ],
+)
 def test_real_chronyd_by_address_and_name(main, target, name):
     site, server = main
     r = probe(target.format(port=server.nts_port), ca_files=[site.root], name=name)
@@ -61,8 +74,21 @@ def test_real_chronyd_by_address_and_name(main, target, name):
     assert r.chain[0]["sans"] == ["ntpserver", "ntpserver-ipv6", "127.0.0.1", "::1"]
     assert len(r.chain) == 2 and "intermediate" in r.chain[1]["subject"]
     assert r.chain[0]["sha256"] == pki.fingerprint(pki.load_certs(leaf.cert)[0])
-    assert set(r.to_dict()) >= {"ok", "error", "tls_version", "alpn", "chain", "aead", "cookies", "ntp_server",
-                                "ntp_port", "authenticated", "stratum", "offset_s", "delay_s"}
+    assert set(r.to_dict()) >= {
+        "ok",
+        "error",
+        "tls_version",
+        "alpn",
+        "chain",
+        "aead",
+        "cookies",
+        "ntp_server",
+        "ntp_port",
+        "authenticated",
+        "stratum",
+        "offset_s",
+        "delay_s",
+    }
 
 
 @pytest.mark.parametrize("key_type", ["ed25519", "rsa-2048"])
@@ -103,7 +129,7 @@ def test_expectations(main):
     target = f"127.0.0.1:{server.nts_port}"
     r = probe(target, ca_files=[site.root])
     fp, serial = r.chain[0]["sha256"], r.chain[0]["serial"]
-    colons = ":".join(fp[i:i + 2] for i in range(0, len(fp), 2)).upper()
+    colons = ":".join(fp[i : i + 2] for i in range(0, len(fp), 2)).upper()
     assert probe(target, ca_files=[site.root], expect_fingerprint=colons, expect_serial="0" + serial).ok
     bad = probe(target, ca_files=[site.root], expect_fingerprint="00" * 32)
     assert not bad.ok and bad.stage == "expect" and "expected 0000" in bad.error and bad.authenticated
@@ -121,8 +147,7 @@ def test_ntsprocesses_and_many_at_once(main):
     start = time.monotonic()
     results = probe_many(targets, concurrency=8, ca_files=[site.root], progress=done.append)
     assert time.monotonic() - start < 10
-    assert len(done) == 40 and all(r.ok and r.authenticated for r in results), \
-        [r.error for r in results if not r.ok]
+    assert len(done) == 40 and all(r.ok and r.authenticated for r in results), [r.error for r in results if not r.ok]
     assert [r.target for r in results] == targets  # results in order
 
 
@@ -149,17 +174,26 @@ def test_nts_nak_from_real_chronyd(site, chrony_servers):
 
 # ---- targets -----------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, expected", [
-    ("ntp.example", ("ntp.example", 4460)), ("ntp.example:123", ("ntp.example", 123)),
-    ("192.0.2.1", ("192.0.2.1", 4460)), ("192.0.2.1:4461", ("192.0.2.1", 4461)),
-    ("::1", ("::1", 4460)), ("[::1]", ("::1", 4460)), ("[2001:db8::1]:14460", ("2001:db8::1", 14460)),
-])
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("ntp.example", ("ntp.example", 4460)),
+        ("ntp.example:123", ("ntp.example", 123)),
+        ("192.0.2.1", ("192.0.2.1", 4460)),
+        ("192.0.2.1:4461", ("192.0.2.1", 4461)),
+        ("::1", ("::1", 4460)),
+        ("[::1]", ("::1", 4460)),
+        ("[2001:db8::1]:14460", ("2001:db8::1", 14460)),
+    ],
+)
 def test_parse_target(text, expected):
     assert parse_target(text) == expected
 
 
-@pytest.mark.parametrize("text", ["", "host:0", "host:70000", "host:x", "[::1", "[::1]x", "[ntp]:1",
-                                  "2001:db8::1:99999x", "bad_host!"])
+@pytest.mark.parametrize(
+    "text", ["", "host:0", "host:70000", "host:x", "[::1", "[::1]x", "[ntp]:1", "2001:db8::1:99999x", "bad_host!"]
+)
 def test_parse_target_rejects(text):
     with pytest.raises(NtspkiError) as e:
         parse_target(text)
@@ -167,6 +201,7 @@ def test_parse_target_rejects(text):
 
 
 # ---- the CLI ---------------------------------------------------------------------------------------
+
 
 def test_cli_single_human_and_json(main):
     site, server = main
@@ -194,12 +229,17 @@ def test_cli_many_from_file_table_and_exit_1(main, workdir):
     assert " ok " in lines[2] and " ok " in lines[3]
     assert lines[-1] == "2 of 3 servers passed"
     proc = run_cli("probe", "--from", listing, "--ca", site.root, "--json")
-    assert proc.returncode == 0 and [json.loads(l)["ok"] for l in proc.stdout.splitlines()] == [True, True]
+    assert proc.returncode == 0 and [json.loads(ln)["ok"] for ln in proc.stdout.splitlines()] == [True, True]
 
 
 def test_cli_usage_errors(workdir):
-    for args in (["probe"], ["probe", "host:99999"], ["probe", "--from", workdir / "missing"],
-                 ["probe", "127.0.0.1", "--ca", workdir / "missing.pem"], ["probe", "a", "--timeout", "0"]):
+    for args in (
+        ["probe"],
+        ["probe", "host:99999"],
+        ["probe", "--from", workdir / "missing"],
+        ["probe", "127.0.0.1", "--ca", workdir / "missing.pem"],
+        ["probe", "a", "--timeout", "0"],
+    ):
         proc = run_cli(*args)
         assert proc.returncode == 2, (args, proc.stderr)
         assert "Traceback" not in proc.stderr and proc.stderr.strip()

@@ -13,9 +13,10 @@ import time
 import pytest
 from OpenSSL import SSL
 
-from ntspki import lab, ntske
-from ntspki.ntske import encode_ef, encode_record, u16
-from ntspki.probe import probe, probe_many
+from ntspki.nts import ntske
+from ntspki.nts.ntske import encode_ef, encode_record, u16
+from ntspki.nts.probe import probe, probe_many
+from ntspki.servers import lab
 from tests.conftest import make_site, run_cli
 
 TIMEOUT = 1.0  # what a hanging server costs each test
@@ -127,8 +128,11 @@ def ke_server(site, response: bytes | None = None, then: str = "close", trickle:
     return handle
 
 
-GOOD = (encode_record(ntske.NEXT_PROTOCOL, u16(0), True) + encode_record(ntske.AEAD, u16(15), True)
-        + encode_record(ntske.NEW_COOKIE, os.urandom(64)))
+GOOD = (
+    encode_record(ntske.NEXT_PROTOCOL, u16(0), True)
+    + encode_record(ntske.AEAD, u16(15), True)
+    + encode_record(ntske.NEW_COOKIE, os.urandom(64))
+)
 EOM = encode_record(ntske.END_OF_MESSAGE, b"", True)
 
 
@@ -142,6 +146,7 @@ def assert_fails(result, stage: str, *words: str):
 
 
 # ---- transport and TLS --------------------------------------------------------------------------
+
 
 def test_silent_server_times_out(serve, pki):
     server = serve(lambda srv, sock: srv.hang())
@@ -195,31 +200,66 @@ def test_server_picks_another_alpn(serve, pki):
 
 # ---- NTS-KE records ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("response, then, words", [
-    (GOOD, "close", ["closed before End of Message", "3 records"]),
-    (GOOD, "hang", ["timed out", "NTS-KE response"]),
-    (b"", "close", ["without an NTS-KE response"]),
-    (GOOD + struct.pack("!HH", ntske.NEW_COOKIE, 100) + b"x" * 10, "close",
-     ["truncated record", "announced 100 bytes, 10 arrived"]),
-    (GOOD + b"\x80", "close", ["truncated record"]),
-    (encode_record(ntske.ERROR, u16(1), True) + EOM, "close", ["Error record", "Bad Request"]),
-    (encode_record(ntske.WARNING, u16(7), True) + EOM, "close", ["Warning record", "code 7"]),
-    (GOOD + encode_record(99, b"??", True) + EOM, "close", ["unrecognised critical record", "type 99"]),
-    (encode_record(ntske.NEXT_PROTOCOL, b"", True) + EOM, "close", ["none of the protocols"]),
-    (encode_record(ntske.NEXT_PROTOCOL, u16(0), True) + encode_record(ntske.NEW_COOKIE, b"c" * 8) + EOM,
-     "close", ["none of the AEAD"]),
-    (encode_record(ntske.NEXT_PROTOCOL, u16(0), True) + encode_record(ntske.AEAD, u16(30)) + EOM, "close",
-     ["AEAD 30", "not offered"]),
-    (encode_record(ntske.NEXT_PROTOCOL, u16(0), True) + encode_record(ntske.AEAD, u16(15)) + EOM, "close",
-     ["no cookie"]),
-    (encode_record(ntske.AEAD, u16(15)) + encode_record(ntske.NEW_COOKIE, b"c" * 8) + EOM, "close",
-     ["no Next Protocol"]),
-    (GOOD + encode_record(ntske.PORT, b"\x01") + EOM, "close", ["malformed NTPv4 Port"]),
-    (GOOD + encode_record(ntske.SERVER, b"bad host\n") + EOM, "close", ["not a host name"]),
-    (GOOD + GOOD + EOM, "close", ["more than one Next Protocol"]),
-], ids=["no-eom-close", "no-eom-hang", "empty", "truncated-body", "truncated-header", "error-record",
-        "warning-record", "unknown-critical", "no-next-protocol-accepted", "no-aead", "aead-not-offered",
-        "no-cookie", "no-next-protocol-record", "bad-port", "bad-server", "duplicate"])
+
+@pytest.mark.parametrize(
+    "response, then, words",
+    [
+        (GOOD, "close", ["closed before End of Message", "3 records"]),
+        (GOOD, "hang", ["timed out", "NTS-KE response"]),
+        (b"", "close", ["without an NTS-KE response"]),
+        (
+            GOOD + struct.pack("!HH", ntske.NEW_COOKIE, 100) + b"x" * 10,
+            "close",
+            ["truncated record", "announced 100 bytes, 10 arrived"],
+        ),
+        (GOOD + b"\x80", "close", ["truncated record"]),
+        (encode_record(ntske.ERROR, u16(1), True) + EOM, "close", ["Error record", "Bad Request"]),
+        (encode_record(ntske.WARNING, u16(7), True) + EOM, "close", ["Warning record", "code 7"]),
+        (GOOD + encode_record(99, b"??", True) + EOM, "close", ["unrecognised critical record", "type 99"]),
+        (encode_record(ntske.NEXT_PROTOCOL, b"", True) + EOM, "close", ["none of the protocols"]),
+        (
+            encode_record(ntske.NEXT_PROTOCOL, u16(0), True) + encode_record(ntske.NEW_COOKIE, b"c" * 8) + EOM,
+            "close",
+            ["none of the AEAD"],
+        ),
+        (
+            encode_record(ntske.NEXT_PROTOCOL, u16(0), True) + encode_record(ntske.AEAD, u16(30)) + EOM,
+            "close",
+            ["AEAD 30", "not offered"],
+        ),
+        (
+            encode_record(ntske.NEXT_PROTOCOL, u16(0), True) + encode_record(ntske.AEAD, u16(15)) + EOM,
+            "close",
+            ["no cookie"],
+        ),
+        (
+            encode_record(ntske.AEAD, u16(15)) + encode_record(ntske.NEW_COOKIE, b"c" * 8) + EOM,
+            "close",
+            ["no Next Protocol"],
+        ),
+        (GOOD + encode_record(ntske.PORT, b"\x01") + EOM, "close", ["malformed NTPv4 Port"]),
+        (GOOD + encode_record(ntske.SERVER, b"bad host\n") + EOM, "close", ["not a host name"]),
+        (GOOD + GOOD + EOM, "close", ["more than one Next Protocol"]),
+    ],
+    ids=[
+        "no-eom-close",
+        "no-eom-hang",
+        "empty",
+        "truncated-body",
+        "truncated-header",
+        "error-record",
+        "warning-record",
+        "unknown-critical",
+        "no-next-protocol-accepted",
+        "no-aead",
+        "aead-not-offered",
+        "no-cookie",
+        "no-next-protocol-record",
+        "bad-port",
+        "bad-server",
+        "duplicate",
+    ],
+)
 def test_bad_ntske_response(serve, pki, response, then, words):
     server = serve(ke_server(pki, response, then=then))
     start = time.monotonic()
@@ -254,6 +294,7 @@ def test_trickling_server_hits_the_deadline(serve, pki):
 
 # ---- a complete fake NTS server, for the NTP step ------------------------------------------------
 
+
 class FakeNts:
     """NTS-KE over TLS plus an NTP responder on UDP whose reply is spoiled as `mode` says."""
 
@@ -272,7 +313,7 @@ class FakeNts:
             c2s, s2c = ntske.export_keys(conn, 15)
             cookie = os.urandom(96)
             self.keys[cookie] = (c2s, s2c)
-            resp = GOOD[:-(4 + 64)] + encode_record(ntske.NEW_COOKIE, cookie) + extra_records
+            resp = GOOD[: -(4 + 64)] + encode_record(ntske.NEW_COOKIE, cookie) + extra_records
             resp += encode_record(ntske.PORT, u16(self.udp.getsockname()[1]))
             if server_record:
                 resp += encode_record(ntske.SERVER, server_record.encode())
@@ -287,7 +328,7 @@ class FakeNts:
         while self.alive:
             try:
                 packet, addr = self.udp.recvfrom(4096)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 return
@@ -346,16 +387,19 @@ def test_fake_server_is_a_real_nts_server(fake_nts, pki):
     assert abs(r.offset_s) < 0.5 and 0 <= r.delay_s < 0.5
 
 
-@pytest.mark.parametrize("mode, words", [
-    ("bad-auth", ["failed authentication"]),
-    ("wrong-uid", ["does not echo our unique identifier"]),
-    ("ntsn", ["NTS NAK", "NTSN"]),
-    ("unauthenticated", ["not authenticated"]),
-    ("wrong-origin", ["origin timestamp"]),
-    ("silent", ["no NTP reply", "within 1 s"]),
-    ("short", ["too short"]),
-    ("bad-ef", ["malformed extension field", "length 4000"]),
-])
+@pytest.mark.parametrize(
+    "mode, words",
+    [
+        ("bad-auth", ["failed authentication"]),
+        ("wrong-uid", ["does not echo our unique identifier"]),
+        ("ntsn", ["NTS NAK", "NTSN"]),
+        ("unauthenticated", ["not authenticated"]),
+        ("wrong-origin", ["origin timestamp"]),
+        ("silent", ["no NTP reply", "within 1 s"]),
+        ("short", ["too short"]),
+        ("bad-ef", ["malformed extension field", "length 4000"]),
+    ],
+)
 def test_bad_ntp_reply(fake_nts, pki, mode, words):
     fake = fake_nts(mode)
     r = probe(fake.target, ca_files=[pki.root], timeout=TIMEOUT)
@@ -372,6 +416,7 @@ def test_ntp_port_closed(serve, pki):
 
 
 # ---- many at once, and the CLI -----------------------------------------------------------------
+
 
 def test_many_hanging_servers_run_concurrently(serve, pki, fake_nts):
     silent = [serve(lambda srv, sock: srv.hang()).target for _ in range(12)]

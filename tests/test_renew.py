@@ -14,7 +14,12 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from ntspki import acmeclient, ca as ca_mod, keys, lab, names, pki, renew
+from ntspki import pki
+from ntspki.acme import acmeclient
+from ntspki.issuing import ca as ca_mod
+from ntspki.issuing import renew
+from ntspki.pki import keys, names
+from ntspki.servers import lab
 from ntspki.store import Home
 from tests.conftest import make_site, run_cli
 from tests.pebble_env import StubHTTP
@@ -28,8 +33,12 @@ def mixed(pebble, workdir):
     """A home holding internal lineage `ntpserver` (site CA) and ACME lineage ACME_NAME (pebble)."""
     site = make_site(workdir / "home")
     spec = acmeclient.OrderSpec(
-        name=ACME_NAME, sans=["127.0.0.1"], directory=pebble.directory_url, ca_bundle=str(pebble.ca_bundle),
-        challenge=acmeclient.Challenge(http_port=pebble.http_port, http_address="127.0.0.1"))
+        name=ACME_NAME,
+        sans=["127.0.0.1"],
+        directory=pebble.directory_url,
+        ca_bundle=str(pebble.ca_bundle),
+        challenge=acmeclient.Challenge(http_port=pebble.http_port, http_address="127.0.0.1"),
+    )
     acmeclient.obtain(site.home, spec, agree_tos=True)
     return site.home
 
@@ -84,8 +93,9 @@ def test_forced_renew_makes_new_versions_and_moves_live(mixed, pebble):
         assert (mixed.archive / name / "cert1.pem").read_bytes() == old[name].cert  # history kept
         assert mixed.read_renewal(name) == params[name]
     acme_chain = pki.load_certs(mixed.read_lineage(ACME_NAME).fullchain)
-    pki.verify_chain([x509.load_pem_x509_certificate(pebble.root_pem())], acme_chain,
-                     names.unique_sans([ACME_NAME, "127.0.0.1"]))
+    pki.verify_chain(
+        [x509.load_pem_x509_certificate(pebble.root_pem())], acme_chain, names.unique_sans([ACME_NAME, "127.0.0.1"])
+    )
     internal_chain = pki.load_certs(mixed.read_lineage("ntpserver").fullchain)
     pki.verify_chain([ca_mod.load(mixed).root], internal_chain)
     sources = {r["name"]: (r["version"], r["source"]) for r in mixed.ledger.rows()}
@@ -96,15 +106,19 @@ def _nearly_expired(home: Home, name: str, sans: list[str]) -> None:
     """A lineage whose certificate has 20 of its 80 days left (under a third): due."""
     ca = ca_mod.load(home)
     key = keys.generate("ec-p256")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     gns = names.unique_sans([name, *sans])
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
-            .issuer_name(ca.intermediate.subject).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(days=60)).not_valid_after(now + dt.timedelta(days=20))
-            .add_extension(x509.SubjectAlternativeName(gns), critical=False)
-            .sign(ca.intermediate_key, keys.signature_hash(ca.intermediate_key)))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, name)]))
+        .issuer_name(ca.intermediate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(days=60))
+        .not_valid_after(now + dt.timedelta(days=20))
+        .add_extension(x509.SubjectAlternativeName(gns), critical=False)
+        .sign(ca.intermediate_key, keys.signature_hash(ca.intermediate_key))
+    )
     with home.lock():
         version = home.write_version(name, keys.private_pem(key), pki.cert_pem(cert), ca.chain_pem)
         home.write_renewal(name, {"source": "internal", "sans": [name, *sans], "key_type": "ec-p384", "days": 30})
@@ -121,12 +135,13 @@ def test_only_the_due_lineage_renews_and_with_its_stored_parameters(workdir):
     assert out["old.example.test"]["renewed"] and "under a third of its lifetime" in out["old.example.test"]["reason"]
     assert not out["ntpserver"]["renewed"]
     leaf = pki.load_certs(site.home.read_lineage("old.example.test").cert)[0]
-    assert keys.key_type_of(leaf.public_key()) == "ec-p384"          # key_type from renewal/NAME.json
+    assert keys.key_type_of(leaf.public_key()) == "ec-p384"  # key_type from renewal/NAME.json
     assert (leaf.not_valid_after_utc - leaf.not_valid_before_utc).days == 30  # days from it too
     assert pki.san_strings(leaf) == ["old.example.test", "::1"]
     after = snapshot(site.home.path)
-    assert {k: v for k, v in after.items() if "ntpserver" in k} == \
-           {k: v for k, v in before_fresh.items() if "ntpserver" in k}
+    assert {k: v for k, v in after.items() if "ntpserver" in k} == {
+        k: v for k, v in before_fresh.items() if "ntpserver" in k
+    }
 
 
 def test_the_third_of_the_lifetime_boundary(site):
@@ -139,6 +154,7 @@ def test_the_third_of_the_lifetime_boundary(site):
 
 
 # ---- ACME Renewal Information ---------------------------------------------------------------
+
 
 class AriServer:
     """Debian's pebble 2.4 predates ARI, so a tiny ACME directory with renewalInfo stands in for
@@ -155,13 +171,22 @@ class AriServer:
                 outer.requests.append(self.path)
                 base = f"http://127.0.0.1:{outer.port}"
                 if self.path == "/dir":
-                    body = {"newNonce": f"{base}/nonce", "newAccount": f"{base}/acct", "newOrder": f"{base}/order",
-                            "renewalInfo": f"{base}/renewalInfo", "meta": {}}
+                    body = {
+                        "newNonce": f"{base}/nonce",
+                        "newAccount": f"{base}/acct",
+                        "newOrder": f"{base}/order",
+                        "renewalInfo": f"{base}/renewalInfo",
+                        "meta": {},
+                    }
                 elif self.path.startswith("/renewalInfo/") and outer.status == 200:
                     start, end = outer.window
-                    body = {"suggestedWindow": {"start": start.isoformat().replace("+00:00", "Z"),
-                                                "end": end.isoformat().replace("+00:00", "Z")},
-                            "explanationURL": "https://ca.example.test/incident-42"}
+                    body = {
+                        "suggestedWindow": {
+                            "start": start.isoformat().replace("+00:00", "Z"),
+                            "end": end.isoformat().replace("+00:00", "Z"),
+                        },
+                        "explanationURL": "https://ca.example.test/incident-42",
+                    }
                 else:
                     self.send_response(outer.status if self.path.startswith("/renewalInfo/") else 404)
                     self.end_headers()
@@ -187,7 +212,7 @@ def test_ari_window_decides_for_an_acme_lineage(mixed, workdir):
         params = mixed.read_renewal(ACME_NAME)
         mixed.write_renewal(ACME_NAME, {**params, "directory": ari.url, "ca_bundle": None})
         leaf = pki.load_certs(mixed.read_lineage(ACME_NAME).cert)[0]
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         # A five-year pebble certificate: by its lifetime it is nowhere near due...
         ari.window = (now - dt.timedelta(hours=2), now - dt.timedelta(hours=1))
         p = renew.plan(mixed, ACME_NAME)
@@ -223,6 +248,7 @@ def test_ari_window_decides_for_an_acme_lineage(mixed, workdir):
 
 # ---- failures ---------------------------------------------------------------------------------
 
+
 def test_one_failure_does_not_stop_the_others_and_leaves_its_lineage_alone(mixed):
     port = lab.free_port()
     params = mixed.read_renewal(ACME_NAME)
@@ -255,6 +281,7 @@ def test_bad_arguments(site):
 
 
 # ---- renew, then deploy to a real chronyd ------------------------------------------------------
+
 
 def test_renew_deploys_the_new_certificate_to_a_running_chronyd():
     from tests.deploy_env import DeployLab
@@ -298,9 +325,13 @@ def test_example_systemd_units_verify_and_run_the_real_command(tmp_path, site):
     ntspki_bin = Path(sys.executable).parent / "ntspki"
     (tmp_path / "ntspki-renew.service").write_text(service.replace(argv[0], str(ntspki_bin)))
     (tmp_path / "ntspki-renew.timer").write_text(timer)
-    proc = subprocess.run(["systemd-analyze", "verify", tmp_path / "ntspki-renew.service",
-                           tmp_path / "ntspki-renew.timer"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "MANPATH": str(tmp_path / "man")})
+    proc = subprocess.run(
+        ["systemd-analyze", "verify", tmp_path / "ntspki-renew.service", tmp_path / "ntspki-renew.timer"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "MANPATH": str(tmp_path / "man")},
+    )
     assert proc.returncode == 0 and proc.stderr.strip() == "", proc.stderr
     # The same arguments (plus --dry-run, which skips the jitter sleep) against a real home.
     run = run_cli(*argv[1:], "--dry-run", home=site.home.path)

@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from ntspki import ca as ca_mod
-from ntspki import deploy, fsutil, keys, pki
-from ntspki.ntske import ProtocolError
+from ntspki import deploy, pki
+from ntspki.issuing import ca as ca_mod
+from ntspki.nts.ntske import ProtocolError
+from ntspki.pki import keys
+from ntspki.store import fsutil
 from tests.conftest import NTSPKI
 from tests.deploy_env import DeployLab
 
@@ -26,8 +28,9 @@ class WatchProcess:
     def __init__(self, home: Path, *args: str):
         self.log_path = Path(home) / f"watch-{time.monotonic_ns()}.log"
         self.log_file = open(self.log_path, "w")
-        self.proc = subprocess.Popen([*NTSPKI, "--home", str(home), "watch", *args],
-                                     stdout=self.log_file, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            [*NTSPKI, "--home", str(home), "watch", *args], stdout=self.log_file, stderr=subprocess.STDOUT
+        )
 
     def log(self) -> str:
         return self.log_path.read_text()
@@ -92,11 +95,17 @@ def _next_version_files(dl, expired: bool = False) -> tuple[bytes, bytes, bytes]
     cert = pki.make_leaf(key, ca.intermediate, ca.intermediate_key, sans)
     if expired:
         now = pki.now()
-        cert = (x509.CertificateBuilder().subject_name(cert.subject).issuer_name(ca.intermediate.subject)
-                .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(days=10)).not_valid_after(now - dt.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-                .sign(ca.intermediate_key, keys.signature_hash(ca.intermediate_key)))
+        cert = (
+            x509.CertificateBuilder()
+            .subject_name(cert.subject)
+            .issuer_name(ca.intermediate.subject)
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(days=10))
+            .not_valid_after(now - dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .sign(ca.intermediate_key, keys.signature_hash(ca.intermediate_key))
+        )
     return keys.private_pem(key), pki.cert_pem(cert), ca.chain_pem
 
 
@@ -139,9 +148,14 @@ def test_half_switched_lineage_is_waited_for_and_invalid_material_skipped(dl):
         good = dl.new_version()
         wait_for(_served_is(dl, good), 10, "the good version after a bad one", w)
         copy = dl.root / "etc" / "watch-copy"
-        dl.write_config({"ntpserver": dl.settings(),
-                         "copy": dl.settings(cert=str(copy / "c.crt"), key=str(copy / "c.key"),
-                                             probe=False, restart_command="true")})
+        dl.write_config(
+            {
+                "ntpserver": dl.settings(),
+                "copy": dl.settings(
+                    cert=str(copy / "c.crt"), key=str(copy / "c.key"), probe=False, restart_command="true"
+                ),
+            }
+        )
         w.proc.send_signal(signal.SIGHUP)
         wait_for(lambda: (copy / "c.crt").exists(), 10, "the reloaded config's new target", w)
         assert "re-reading the config" in w.log() and w.alive()
@@ -155,8 +169,10 @@ def test_poll_mode_under_systemd_notify_and_journald(dl, tmp_path):
     unit runs it (Type=notify: READY=1 after the catch-up deploy; journald priority prefixes)."""
     out = dl.root / "etc" / "polled"
     cfg = tmp_path / "deploy.toml"
-    cfg.write_text(f'[targets.polled]\nsource = "ntpserver"\ncert = "{out}/p.crt"\nkey = "{out}/p.key"\n'
-                   f'restart_command = "true"\nprobe = false\nservice_conf = "{dl.server.conf_path}"\n')
+    cfg.write_text(
+        f'[targets.polled]\nsource = "ntpserver"\ncert = "{out}/p.crt"\nkey = "{out}/p.key"\n'
+        f'restart_command = "true"\nprobe = false\nservice_conf = "{dl.server.conf_path}"\n'
+    )
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))
     notify.settimeout(15)
@@ -169,8 +185,12 @@ def test_poll_mode_under_systemd_notify_and_journald(dl, tmp_path):
         assert notify.recv(100) == b"READY=1"
         assert (out / "p.crt").exists(), "READY comes after the catch-up deploy"
         fp = dl.new_version()
-        wait_for(lambda: (p := deploy.read_pair(out / "p.key", out / "p.crt")) and p.fingerprint == fp,
-                 10, "the polled change to be deployed", w)
+        wait_for(
+            lambda: (p := deploy.read_pair(out / "p.key", out / "p.crt")) and p.fingerprint == fp,
+            10,
+            "the polled change to be deployed",
+            w,
+        )
     finally:
         assert w.stop() == 0
     assert notify.recv(100) == b"STOPPING=1"

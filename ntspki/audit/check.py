@@ -1,0 +1,818 @@
+"""`check`: audit a machine's chrony NTS setup as root sees it and as chronyd's own user will.
+
+Every finding names the file, what chronyd or its clients will do about it (in chrony's own words
+where there are some), and the fix. Severities follow the monitoring convention: the report's
+status is CRITICAL if any finding is, else WARNING, else UNKNOWN (something could not be checked),
+else OK.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import grp
+import os
+import pwd
+import socket
+import stat
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ntspki.errors import NtspkiError
+from ntspki.pki import names
+from ntspki.servers import chronyconf, services
+
+EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
+
+
+@dataclass
+class Finding:
+    severity: str  # ok, info, warning, critical, unknown
+    code: str  # stable identifier, e.g. key-unreadable
+    message: str
+    hint: str | None = None
+    path: str | None = None
+    where: str | None = None  # chrony.conf file:line of the directive concerned
+
+
+@dataclass
+class CertState:
+    file: str
+    position: int  # 1 = first certificate in the file
+    subject: str
+    sha256: str
+    not_after: str
+    days_left: float
+
+
+@dataclass
+class Report:
+    conf: str
+    files: list[str]
+    user: str
+    findings: list[Finding] = field(default_factory=list)
+    certificates: list[CertState] = field(default_factory=list)
+
+    @property
+    def status(self) -> str:
+        severities = {f.severity for f in self.findings}
+        for level, status in (("critical", "CRITICAL"), ("warning", "WARNING"), ("unknown", "UNKNOWN")):
+            if level in severities:
+                return status
+        return "OK"
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT[self.status]
+
+    def counts(self) -> dict[str, int]:
+        out = {s: 0 for s in ("critical", "warning", "unknown", "info", "ok")}
+        for f in self.findings:
+            out[f.severity] = out.get(f.severity, 0) + 1
+        return out
+
+    def codes(self, *severities: str) -> set[str]:
+        return {f.code for f in self.findings if not severities or f.severity in severities}
+
+    def to_dict(self) -> dict:
+        return {
+            "status": self.status,
+            "exit_code": self.exit_code,
+            "conf": self.conf,
+            "files": self.files,
+            "user": self.user,
+            "counts": self.counts(),
+            "findings": [asdict(f) for f in self.findings],
+            "certificates": [asdict(c) for c in self.certificates],
+        }
+
+
+# ---- who chronyd runs as, and what that user may do --------------------------------------------
+
+
+@dataclass
+class User:
+    name: str
+    uid: int
+    gid: int
+    gids: set[int]
+
+    @property
+    def group(self) -> str:
+        return grp_name(self.gid)
+
+    @classmethod
+    def named(cls, name: str) -> User:
+        try:
+            pw = pwd.getpwnam(name)
+        except KeyError:
+            raise NtspkiError(f"no such user {name!r} (chronyd's run user)", 3)
+        return cls(name, pw.pw_uid, pw.pw_gid, set(os.getgrouplist(name, pw.pw_gid)))
+
+
+def may(st: os.stat_result, who: User, want: int) -> bool:
+    """Classic UNIX permission check (want: 4 read, 2 write, 1 search/execute)."""
+    if who.uid == 0:
+        return True
+    if st.st_uid == who.uid:
+        bits = st.st_mode >> 6
+    elif st.st_gid in who.gids:
+        bits = st.st_mode >> 3
+    else:
+        bits = st.st_mode
+    return bits & want == want
+
+
+def owner_text(st: os.stat_result) -> str:
+    try:
+        user = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        user = str(st.st_uid)
+    return f"{user}:{grp_name(st.st_gid)} {stat.S_IMODE(st.st_mode):04o}"
+
+
+def grp_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def blocked_dir(path: str, who: User, depth: int = 0) -> tuple[str, os.stat_result] | None:
+    """The first directory on the way to `path` (symbolic links followed, both the link's and the
+    target's directories) that `who` cannot search, or None."""
+    parts = Path(os.path.abspath(path)).parts
+    cur = "/"
+    for i, part in enumerate(parts[1:], 1):
+        st = os.stat(cur)
+        if not may(st, who, 1):
+            return cur, st
+        nxt = os.path.join(cur, part)
+        if os.path.islink(nxt) and depth < 40:
+            target = os.path.normpath(os.path.join(cur, os.readlink(nxt)))
+            return blocked_dir(os.path.join(target, *parts[i + 1 :]), who, depth + 1)
+        cur = nxt
+    return None
+
+
+# ---- the audit ---------------------------------------------------------------------------------
+
+
+class Checker:
+    def __init__(
+        self,
+        conf: chronyconf.ChronyConf,
+        who: User,
+        ca_files,
+        warn_days: int,
+        critical_days: int,
+        do_probe: bool,
+        timeout: float,
+    ):
+        self.conf, self.who = conf, who
+        self.ca_files = tuple(ca_files)
+        self.warn_days, self.critical_days = warn_days, critical_days
+        self.do_probe, self.timeout = do_probe, timeout
+        self.report = Report(conf.path, conf.files, who.name)
+        self.local_leaves: list = []  # leaf certificates this machine serves (from disk)
+
+    def add(self, severity, code, message, hint=None, path=None, where=None) -> None:
+        self.report.findings.append(Finding(severity, code, message, hint, str(path) if path else None, where))
+
+    def store(self):
+        from ntspki.nts import probe
+
+        return probe.trust_store(self.ca_files)  # cached there
+
+    @property
+    def trust_text(self) -> str:
+        return ", ".join(self.ca_files) if self.ca_files else "the system trust store"
+
+    def run(self) -> Report:
+        for problem in self.conf.problems:
+            self.add("warning", "conf-unreadable", problem, "chronyd will not see these lines either")
+        self.server_side()
+        self.client_side()
+        return self.report
+
+    # -- reading files as root --------------------------------------------------------------------
+    def read(self, path: str, what: str, where: str) -> bytes | None:
+        try:
+            return Path(path).read_bytes()
+        except FileNotFoundError:
+            self.add(
+                "critical",
+                f"{what}-missing",
+                f"{what} file {path} does not exist",
+                f"fix the path in {where} or deploy the file",
+                path,
+                where,
+            )
+        except PermissionError:
+            self.add(
+                "unknown",
+                f"{what}-unreadable-here",
+                f"cannot read {path} as uid {os.geteuid()}",
+                "run ntspki check as root",
+                path,
+                where,
+            )
+        except OSError as e:
+            self.add("critical", f"{what}-unreadable", f"cannot read {path}: {e.strerror}", None, path, where)
+        return None
+
+    # -- ntsserverkey / ntsservercert -----------------------------------------------------------------
+    def server_side(self) -> None:
+        keys = self.conf.all("ntsserverkey")
+        certs = self.conf.all("ntsservercert")
+        if not keys and not certs:
+            self.add("info", "no-nts-server", "no ntsserverkey/ntsservercert: this chronyd is not an NTS server")
+            return
+        if len(keys) != len(certs):
+            self.add(
+                "critical",
+                "pair-count",
+                f"{len(keys)} ntsserverkey but {len(certs)} ntsservercert directives: chronyd pairs them "
+                "in order and refuses to start when the counts differ",
+                "give one ntsserverkey for every ntsservercert",
+                where=(keys or certs)[0].where,
+            )
+        for d in keys + certs:
+            if not d.args:
+                self.add(
+                    "critical",
+                    "conf-syntax",
+                    f"{d.name} without a file name: chronyd refuses the configuration",
+                    f"fix {d.where}",
+                    where=d.where,
+                )
+                return
+        chains = [self.pair(kd, cd) for kd, cd in zip(keys, certs)]
+        self.dumpdir()
+        if self.do_probe:
+            self.probe_local(list(zip(certs, chains)))
+
+    def pair(self, kd: chronyconf.Directive, cd: chronyconf.Directive) -> list:
+        """Check one ntsserverkey/ntsservercert pair; the chain read from the certificate file."""
+        key_path, cert_path = kd.args[0], cd.args[0]
+        chain = self.cert_file(cert_path, cd.where)
+        key = self.key_file(key_path, kd.where)
+        if key is not None and chain:
+            from ntspki.pki import keys as keys_mod
+
+            if keys_mod.key_matches_cert(key, chain[0]):
+                self.add(
+                    "ok", "key-matches", f"{key_path} is the key of the first certificate in {cert_path}", path=key_path
+                )
+            else:
+                elsewhere = [i + 1 for i, c in enumerate(chain) if keys_mod.key_matches_cert(key, c)]
+                detail = f" (it matches certificate #{elsewhere[0]}: the chain is out of order)" if elsewhere else ""
+                self.add(
+                    "critical",
+                    "key-mismatch",
+                    f"{key_path} is not the key of the first certificate in {cert_path}{detail}: chronyd "
+                    "logs 'The certificate and the given key do not match.' and serves no NTS",
+                    "deploy the key and certificate of the same issuance together",
+                    key_path,
+                    kd.where,
+                )
+        self.permissions(key_path, "key", kd.where)
+        self.permissions(cert_path, "cert", cd.where)
+        return chain
+
+    def cert_file(self, path: str, where: str) -> list:
+        from cryptography import x509
+
+        from ntspki import pki
+        from ntspki.nts import probe
+
+        data = self.read(path, "cert", where)
+        if data is None:
+            return []
+        try:
+            chain = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            self.add("critical", "cert-unparsable", f"{path} holds no readable PEM certificate", None, path, where)
+            return []
+        leaf = chain[0]
+        cas = [_is_ca(c) for c in chain]
+        ordered = True
+        if cas[0]:
+            ordered = False
+            leaf_at = next((i + 1 for i, ca in enumerate(cas) if not ca), None)
+            where_leaf = f"the leaf is certificate #{leaf_at} of {len(chain)}" if leaf_at else "it holds no leaf"
+            self.add(
+                "critical",
+                "chain-order",
+                f"{path} does not start with the server certificate ({where_leaf}): chronyd pairs the key "
+                "with the first certificate and logs 'The certificate and the given key do not match.'",
+                "write the leaf first, then the intermediates (certbot's fullchain.pem)",
+                path,
+                where,
+            )
+        else:
+            for i in range(len(chain) - 1):
+                if not _issued_by(chain[i], chain[i + 1]):
+                    ordered = False
+                    self.add(
+                        "critical",
+                        "chain-order",
+                        f"{path}: certificate #{i + 2} ({chain[i + 1].subject.rfc4514_string()}) did not "
+                        f"issue certificate #{i + 1}: clients cannot build the chain",
+                        "the file must be leaf, then its issuer, then that one's issuer",
+                        path,
+                        where,
+                    )
+                    break
+        if any(pki.is_self_signed(c) for c in chain[1:]):
+            self.add(
+                "warning",
+                "chain-root",
+                f"{path} includes a root certificate: clients must already trust it, so it only adds "
+                "bytes to every handshake",
+                "drop the root (leaf and intermediates only)",
+                path,
+                where,
+            )
+        if ordered:
+            self.local_leaves.append(leaf)
+            problem = probe.verify_chain(self.store(), chain)
+            if problem is None:
+                self.add("ok", "chain-verifies", f"{path} verifies against {self.trust_text}", path=path)
+            elif len(chain) == 1 and "issuer" in problem:
+                self.add(
+                    "critical",
+                    "chain-incomplete",
+                    f"{path} holds only the server certificate, not its intermediates: clients fail with "
+                    "'The certificate issuer is unknown.'",
+                    "point ntsservercert at the full chain (leaf then intermediates, e.g. fullchain.pem)",
+                    path,
+                    where,
+                )
+            elif "expired" not in problem and "not yet valid" not in problem:  # reported below
+                hint = None if self.ca_files else "for a private CA, give its root with --ca ROOT.pem"
+                self.add("critical", "chain-verify", f"{path}: {problem}", hint, path, where)
+        # Out of order, the server certificate is still somewhere in the file: judge that one.
+        leaf = next((c for c, ca in zip(chain, cas) if not ca), leaf)
+        eku = probe.eku_error(leaf)
+        if eku:
+            self.add("critical", "eku", f"{path}: {eku}", "issue a certificate with EKU serverAuth", path, where)
+        if not pki.sans_of(leaf):
+            self.add(
+                "critical",
+                "no-san",
+                f"{path}: the certificate has no DNS or IP subjectAltName: no client can match it",
+                "reissue with the names clients use",
+                path,
+                where,
+            )
+        for i, c in enumerate(chain, 1):
+            self.expiry(c, path, i, where)
+        return chain
+
+    def expiry(self, cert, path: str, position: int, where: str) -> None:
+        from ntspki import pki
+
+        now = dt.datetime.now(dt.UTC)
+        subject = cert.subject.rfc4514_string()
+        days = (cert.not_valid_after_utc - now).total_seconds() / 86400
+        self.report.certificates.append(
+            CertState(
+                path, position, subject, pki.fingerprint(cert), cert.not_valid_after_utc.isoformat(), round(days, 3)
+            )
+        )
+        what = "the server certificate" if position == 1 else f"certificate #{position}"
+        label = f"{path}: {what} ({subject})"
+        renew = "renew and redeploy it (ntspki renew / certbot renew, then ntspki deploy)"
+        if cert.not_valid_before_utc > now:
+            self.add(
+                "critical",
+                "not-yet-valid",
+                f"{label} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+                "check the clocks of this machine and of the CA",
+                path,
+                where,
+            )
+        elif days < 0:
+            self.add(
+                "critical",
+                "expired",
+                f"{label} expired on {cert.not_valid_after_utc:%Y-%m-%d}: every client refuses it",
+                renew,
+                path,
+                where,
+            )
+        elif days < self.critical_days:
+            self.add(
+                "critical",
+                "expiring",
+                f"{label} expires in {days:.1f} days ({cert.not_valid_after_utc:%Y-%m-%d})",
+                renew,
+                path,
+                where,
+            )
+        elif days < self.warn_days:
+            self.add(
+                "warning",
+                "expiring",
+                f"{label} expires in {days:.1f} days ({cert.not_valid_after_utc:%Y-%m-%d})",
+                renew,
+                path,
+                where,
+            )
+        else:
+            self.add("ok", "valid", f"{label} is valid for {int(days)} more days", path=path)
+
+    def key_file(self, path: str, where: str):
+        from cryptography.hazmat.primitives import serialization
+
+        from ntspki.pki import keys
+
+        data = self.read(path, "key", where)
+        if data is None:
+            return None
+        try:
+            key = serialization.load_pem_private_key(data, None)
+        except TypeError:
+            self.add(
+                "critical",
+                "key-encrypted",
+                f"{path} is encrypted: chronyd cannot ask for a passphrase and fails with "
+                "'Could not set credentials : Decryption has failed.'",
+                f"store it unencrypted, readable only by root and {self.who.name}",
+                path,
+                where,
+            )
+            return None
+        except Exception as e:
+            self.add("critical", "key-unparsable", f"{path} is not a PEM private key ({e})", None, path, where)
+            return None
+        key_type = keys.key_type_of(key)
+        if key_type not in ("ec-p256", "ec-p384", "ed25519") and not key_type.startswith("rsa-"):
+            self.add(
+                "warning",
+                "key-type",
+                f"{path}: {type(key).__name__} keys are not known to load in chronyd",
+                "use EC P-256/P-384, Ed25519 or RSA",
+                path,
+                where,
+            )
+        return key
+
+    # -- permissions, as chronyd's user ------------------------------------------------------------
+    def permissions(self, path: str, what: str, where: str) -> None:
+        if not path or not os.path.exists(path):
+            return
+        who = self.who
+        blocked = blocked_dir(path, who)
+        if blocked:
+            d, st = blocked
+            self.add(
+                "critical",
+                "dir-untraversable",
+                f"directory {d} ({owner_text(st)}) is not searchable by {who.name}, so chronyd cannot "
+                f"reach {path} and fails with 'Could not set credentials : Error while reading file.'",
+                f"keep chronyd's files under /etc/chrony/nts/ (ntspki deploy), or chmod o+x {d}",
+                path,
+                where,
+            )
+            return
+        st = os.stat(path)
+        if not may(st, who, 4):
+            code = "key-unreadable" if what == "key" else "cert-unreadable"
+            self.add(
+                "critical",
+                code,
+                f"{path} ({owner_text(st)}) is not readable by {who.name}: chronyd reads it after dropping "
+                "root and fails with 'Could not set credentials : Error while reading file.'",
+                f"chown root:{who.group} {path} && chmod {'0640' if what == 'key' else '0644'} {path}",
+                path,
+                where,
+            )
+        elif what == "key":
+            self.add("ok", "key-readable", f"{path} ({owner_text(st)}) is readable by {who.name}", path=path)
+        if what != "key":
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        fix = f"chown root:{who.group} {path} && chmod 0640 {path}"
+        if mode & 0o004:
+            self.add(
+                "critical", "key-exposed", f"{path} ({owner_text(st)}) is readable by every user", fix, path, where
+            )
+        elif mode & 0o040 and st.st_gid not in (0, who.gid):
+            self.add(
+                "warning",
+                "key-group",
+                f"{path} ({owner_text(st)}) is readable by group {grp_name(st.st_gid)}, which is not {who.name}'s",
+                fix,
+                path,
+                where,
+            )
+        if st.st_uid not in (0, who.uid):
+            self.add(
+                "warning",
+                "key-owner",
+                f"{path} is owned by {owner_text(st).split(':')[0]}, neither root nor {who.name}: "
+                "that user can replace the key or change who may read it",
+                fix,
+                path,
+                where,
+            )
+        if who.uid != 0 and (may(st, who, 2) or st.st_uid == who.uid):
+            self.add(
+                "warning",
+                "key-writable",
+                f"{path} ({owner_text(st)}) can be changed by {who.name}: a compromised chronyd could "
+                "replace its own key (chrony 4.4 and later warn about this)",
+                fix,
+                path,
+                where,
+            )
+
+    def dumpdir(self) -> None:
+        d = self.conf.last("ntsdumpdir")
+        if d is None or not d.args:
+            self.add(
+                "warning",
+                "no-dumpdir",
+                "no ntsdumpdir: every restart of chronyd makes new cookie keys, so every client's cookies "
+                "are refused (NTS NAK) and all clients redo NTS-KE",
+                "add `ntsdumpdir /var/lib/chrony` to chrony.conf",
+            )
+            return
+        path = d.args[0]
+        if not os.path.isdir(path):
+            self.add(
+                "warning",
+                "dumpdir-missing",
+                f"ntsdumpdir {path} does not exist: chronyd cannot keep its cookie keys across restarts",
+                f"mkdir -m 0750 {path} && chown {self.who.name}: {path}",
+                path,
+                d.where,
+            )
+            return
+        st = os.stat(path)
+        if blocked_dir(path, self.who) or not may(st, self.who, 2 | 1):
+            self.add(
+                "warning",
+                "dumpdir-unwritable",
+                f"ntsdumpdir {path} ({owner_text(st)}) is not writable by {self.who.name}",
+                f"chown {self.who.name}: {path}",
+                path,
+                d.where,
+            )
+            return
+        self.add("ok", "dumpdir", f"ntsdumpdir {path} is writable by {self.who.name}", path=path)
+
+    # -- --probe: is what is on disk what is served? ------------------------------------------------
+    def probe_local(self, pairs) -> None:
+        """`pairs`: (ntsservercert directive, the chain read from its file) for each pair."""
+        from cryptography import x509
+
+        from ntspki import pki
+        from ntspki.nts import probe
+
+        port = self.conf.ntsport()
+        host = "127.0.0.1"
+        for b in self.conf.all("bindaddress"):
+            ip = names.parse_ip(b.args[0]) if b.args else None
+            if ip is not None and not ip.is_unspecified:
+                host = str(ip)
+                break
+        target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        for cd, chain in pairs:
+            if not chain:
+                continue  # unreadable or unparsable: already reported
+            disk = chain[0]
+            disk_sha256 = pki.fingerprint(disk)
+            sans = pki.sans_of(disk)
+            dns = [g.value for g in sans if isinstance(g, x509.DNSName) and "*" not in g.value]
+            name = dns[0] if dns else (str(sans[0].value) if sans else host)
+            r = probe.probe(target, name=name, timeout=self.timeout, trust=self.store())
+            label = f"NTS-KE at {target} (name {name})"
+            if r.chain and r.sha256 != disk_sha256:
+                served_nb = dt.datetime.fromisoformat(r.chain[0]["not_before"])
+                if disk.not_valid_before_utc > served_nb:
+                    self.add(
+                        "warning",
+                        "stale-served",
+                        f"{label} serves {r.chain[0]['subject']} (SHA-256 {r.sha256[:16]}...), but "
+                        f"{cd.args[0]} on disk is newer: chronyd needs a restart",
+                        "systemctl restart chrony (chronyd never re-reads its certificate)",
+                        cd.args[0],
+                        cd.where,
+                    )
+                else:
+                    self.add(
+                        "critical",
+                        "served-other",
+                        f"{label} serves {r.chain[0]['subject']} (SHA-256 {r.sha256[:16]}...), not the "
+                        f"certificate in {cd.args[0]}",
+                        "check which chronyd owns the port and its config",
+                        cd.args[0],
+                        cd.where,
+                    )
+            if not r.ok:
+                self.add(
+                    "critical",
+                    "probe-failed",
+                    f"{label}: {r.error}",
+                    "look for 'Could not set credentials' in chronyd's log" if r.stage == "tls" else None,
+                    cd.args[0],
+                    cd.where,
+                )
+            elif r.sha256 == disk_sha256:
+                self.add(
+                    "ok",
+                    "served",
+                    f"{label} serves the certificate on disk and answers authenticated NTP (stratum {r.stratum})",
+                    path=cd.args[0],
+                )
+
+    # -- the client side: server/pool lines with nts -------------------------------------------------
+    def client_side(self) -> None:
+        sources = [s for s in self.conf.sources() if s.nts]
+        if not sources:
+            return
+        trusted: dict[int, list[str]] = {}
+        for d in self.conf.all("ntstrustedcerts"):
+            if len(d.args) >= 2 and d.args[0].isdigit():
+                trusted.setdefault(int(d.args[0]), []).append(d.args[1])
+            elif d.args:
+                trusted.setdefault(0, []).append(d.args[0])
+            if d.args:
+                self.trust_path(d.args[-1], d.where)
+        system = self.conf.last("nosystemcert") is None
+        for src in sources:
+            files = trusted.get(src.certset, [])
+            with_system = system and src.certset == 0
+            where = src.directive.where
+            if not files and not with_system:
+                self.add(
+                    "critical",
+                    "no-trust",
+                    f"{src.kind} {src.host} uses NTS with certificate set {src.certset}, which trusts nothing"
+                    f"{' (nosystemcert)' if src.certset == 0 else ''}: every NTS-KE handshake fails",
+                    f"add `ntstrustedcerts {src.certset} /path/to/root.pem`",
+                    where=where,
+                )
+                continue
+            self.name_type(src)
+            if self.do_probe:
+                self.probe_source(src, files, with_system)
+
+    def trust_path(self, path: str, where: str) -> None:
+        if not os.path.exists(path):
+            self.add("critical", "trust-missing", f"ntstrustedcerts {path} does not exist", None, path, where)
+            return
+        blocked = blocked_dir(path, self.who)
+        st = os.stat(path)
+        want = 4 | 1 if stat.S_ISDIR(st.st_mode) else 4
+        if blocked or not may(st, self.who, want):
+            self.add(
+                "critical",
+                "trust-unreadable",
+                f"ntstrustedcerts {path} is not readable by {self.who.name} "
+                "(chronyd reads it for every NTS-KE session)",
+                f"chmod 0644 {path}",
+                path,
+                where,
+            )
+
+    def name_type(self, src: chronyconf.Source) -> None:
+        """A source that is this very machine can be checked against the certificate served here."""
+        from ntspki.nts import probe
+
+        ip = names.parse_ip(src.host)
+        where = src.directive.where
+        if ip is not None:
+            self.add(
+                "info",
+                "nts-by-address",
+                f"{src.kind} {src.host} is given by address: its certificate needs "
+                "an IP SAN for it and chrony 4.1 or later",
+                where=where,
+            )
+        if not self.local_leaves or not _is_local(src.host):
+            return
+        problems = [probe.name_error(leaf, src.host) for leaf in self.local_leaves]
+        if all(problems):
+            code = "name-type" if ip is not None else "name-mismatch"
+            self.add(
+                "critical",
+                code,
+                f"{src.kind} {src.host} is this machine, but {problems[0]}: chrony fails with 'The name in "
+                "the certificate does not match the expected.'",
+                "use a name the certificate holds in the server line, or reissue the certificate with "
+                f"{'--san ' + src.host}",
+                where=where,
+            )
+
+    def probe_source(self, src: chronyconf.Source, files: list[str], system: bool) -> None:
+        from ntspki.nts import probe
+
+        host = f"[{src.host}]" if ":" in src.host else src.host
+        r = probe.probe(f"{host}:{src.ntsport}", timeout=self.timeout, trust=probe.trust_store(files, system))
+        where = src.directive.where
+        if r.ok:
+            self.add("ok", "source-probe", f"{src.kind} {src.host}: NTS works (stratum {r.stratum})", where=where)
+        else:
+            self.add("critical", "source-probe", f"{src.kind} {src.host}: {r.error}", None, where=where)
+
+
+def _is_ca(cert) -> bool:
+    from cryptography import x509
+
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _issued_by(child, parent) -> bool:
+    if child.issuer != parent.subject:
+        return False
+    try:
+        child.verify_directly_issued_by(parent)
+        return True
+    except Exception:
+        return False
+
+
+def _is_local(host: str) -> bool:
+    ip = names.parse_ip(host)
+    if ip is not None:
+        return ip.is_loopback
+    local = {"localhost", socket.gethostname().lower(), socket.getfqdn().lower()}
+    return host.rstrip(".").lower() in local
+
+
+def check(
+    conf_path: str | None = None,
+    *,
+    ca_files=(),
+    user: str | None = None,
+    warn_days: int = 21,
+    critical_days: int = 7,
+    probe: bool = False,
+    timeout: float = 5.0,
+) -> Report:
+    if critical_days > warn_days:
+        raise NtspkiError("--critical-days must not be more than --warn-days", 2)
+    conf = chronyconf.parse(conf_path)
+    who = User.named(user or conf.value("user") or services.get("chrony").user())
+    return Checker(conf, who, ca_files, warn_days, critical_days, probe, timeout).run()
+
+
+# ---- node_exporter textfile ----------------------------------------------------------------------
+
+
+def _label(value: str) -> str:
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def prometheus_text(report: Report) -> str:
+    lines = [
+        "# HELP ntspki_check_status Result of ntspki check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.",
+        "# TYPE ntspki_check_status gauge",
+        f"ntspki_check_status {report.exit_code}",
+        "# HELP ntspki_check_findings Findings of ntspki check by severity.",
+        "# TYPE ntspki_check_findings gauge",
+    ]
+    lines += [f'ntspki_check_findings{{severity="{s}"}} {n}' for s, n in report.counts().items()]
+    labels = [
+        f'file="{_label(c.file)}",position="{c.position}",subject="{_label(c.subject)}",sha256="{c.sha256}"'
+        for c in report.certificates
+    ]
+    lines += [
+        "# HELP ntspki_cert_days_left Days until a certificate chronyd serves expires (negative: expired).",
+        "# TYPE ntspki_cert_days_left gauge",
+    ]
+    lines += [f"ntspki_cert_days_left{{{lab}}} {c.days_left:.3f}" for lab, c in zip(labels, report.certificates)]
+    lines += [
+        "# HELP ntspki_cert_not_after_seconds Expiry time of a certificate chronyd serves (Unix time).",
+        "# TYPE ntspki_cert_not_after_seconds gauge",
+    ]
+    lines += [
+        f"ntspki_cert_not_after_seconds{{{lab}}} {int(dt.datetime.fromisoformat(c.not_after).timestamp())}"
+        for lab, c in zip(labels, report.certificates)
+    ]
+    lines += [
+        "# HELP ntspki_check_timestamp_seconds When ntspki check last ran (Unix time).",
+        "# TYPE ntspki_check_timestamp_seconds gauge",
+        f"ntspki_check_timestamp_seconds {int(time.time())}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_prometheus(report: Report, path: str) -> None:
+    """Atomically (node_exporter must never read half a file): temp file in the same directory, rename."""
+    from ntspki.store import fsutil
+
+    target = Path(path)
+    if not target.parent.is_dir():
+        raise NtspkiError(f"cannot write {path}: directory {target.parent} does not exist", 3)
+    try:
+        fsutil.atomic_write(target, prometheus_text(report).encode(), 0o644)
+    except OSError as e:
+        raise NtspkiError(f"cannot write {path}: {e.strerror}", 3)

@@ -1,0 +1,127 @@
+"""The `ntspki` command: a thin click layer. Subcommands live in this package's modules and are
+only imported when run (hooks and timers call this CLI, so start-up must stay light: no acme, josepy,
+watchdog or OpenSSL unless the command needs them).
+
+Layer: top. Commands parse options, call one plain module (issuing, deploy, nts, audit, ...) and
+print; no logic of their own. Nothing below imports `cli`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+
+import click
+
+from ntspki import __version__
+from ntspki.errors import NtspkiError
+
+# command name -> "module:attribute", imported only when that command runs (or --help lists it).
+COMMANDS = {
+    "demo": "ntspki.cli.demo:demo",
+    "ca": "ntspki.cli.ca:ca",
+    "issue": "ntspki.cli.issue:issue",
+    "list": "ntspki.cli.issue:list_",
+    "show": "ntspki.cli.issue:show",
+    "probe": "ntspki.cli.probe:probe",
+    "check": "ntspki.cli.check:check",
+    "deploy": "ntspki.cli.deploy:deploy",
+    "watch": "ntspki.cli.deploy:watch",
+    "hook": "ntspki.cli.deploy:hook",
+    "acme": "ntspki.cli.acme:acme",
+    "renew": "ntspki.cli.acme:renew",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return list(COMMANDS)
+
+    def get_command(self, ctx, name):
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module, attr = target.split(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--home",
+    type=click.Path(file_okay=False),
+    envvar="NTSPKI_HOME",
+    help="ntspki's directory (default: $NTSPKI_HOME, /etc/ntspki for root, else the XDG data dir).",
+)
+@click.version_option(__version__, prog_name="ntspki")
+@click.pass_context
+def cli(ctx, home):
+    """Certificates for NTS time servers: CA, issuance, ACME, deploy to chronyd, probe."""
+    from ntspki.store import Home
+
+    ctx.obj = Home(home)
+
+
+def get_home(ctx: click.Context):
+    return ctx.find_root().obj
+
+
+def echo_json(obj) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
+
+
+class _NoBar:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+
+def progress(length: int, label: str):
+    """A progress bar on stderr when it is a terminal; else nothing (click would still print the
+    label, which breaks one-line errors and logs)."""
+    stderr = click.get_text_stream("stderr")
+    if not stderr.isatty():
+        return _NoBar()
+    return click.progressbar(length=length, label=label, file=stderr, show_pos=True)
+
+
+def fail(message: str, code: int = 1):
+    raise NtspkiError(message, code)
+
+
+def main(argv=None) -> None:
+    try:
+        rv = cli.main(args=argv, prog_name="ntspki", standalone_mode=False)
+    except NtspkiError as e:
+        click.echo(f"ntspki: error: {e}", err=True)
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        click.echo("ntspki: aborted", err=True)
+        sys.exit(130)
+    except click.UsageError as e:
+        # One line like every other error (click's own format is usage + blank line + error).
+        hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
+        click.echo(f"ntspki: error: {e.format_message()}{hint}", err=True)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        click.echo("ntspki: interrupted", err=True)
+        sys.exit(130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except OSError as e:
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        click.echo(f"ntspki: error:{where} {e.strerror or e}", err=True)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""`ntspki issue`, `ntspki list`, `ntspki show`."""
+
+from __future__ import annotations
+
+import click
+
+from ntspki.cli import echo_json, fail, get_home, progress
+from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option(
+    "--san",
+    "sans",
+    multiple=True,
+    metavar="NAME_OR_IP",
+    help="Another name clients use: a host name (DNS SAN) or an IPv4/IPv6 address (IP SAN). Repeatable.",
+)
+@click.option("--days", type=int, default=90, show_default=True, help="Validity in days.")
+@click.option("--key-type", type=click.Choice(KEY_TYPES), default=DEFAULT_KEY_TYPE, show_default=True)
+@click.option(
+    "--from",
+    "from_file",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    metavar="FILE",
+    help="Issue a fleet: one `NAME [SAN ...]` a line.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def issue(ctx, name, sans, days, key_type, from_file, as_json):
+    """Issue a server certificate NAME (plus --san names) from the site CA.
+
+    Writes HOME/live/NAME/{privkey,cert,chain,fullchain}.pem; issuing the same NAME again makes a
+    new version and keeps the old ones in HOME/archive/NAME/.
+    """
+    from ntspki.issuing import issue as issue_mod
+
+    home = get_home(ctx)
+    if days < 1:
+        fail("--days must be at least 1", 2)
+    if from_file:
+        if name or sans:
+            fail("give either NAME [--san ...] or --from FILE, not both", 2)
+        requests = issue_mod.read_batch_file(from_file)
+        with progress(len(requests), "issuing") as bar:
+            results = issue_mod.issue_many(home, requests, key_type, days, progress=bar.update)
+        if as_json:
+            echo_json([r.to_dict() for r in results])
+        else:
+            click.echo(f"Issued {len(results)} certificates into {home.live}")
+        return
+    if not name:
+        fail("missing NAME (or --from FILE)", 2)
+    result = issue_mod.issue(home, name, list(sans), key_type, days)
+    if as_json:
+        echo_json(result.to_dict())
+        return
+    click.echo(f"Issued {result.name} version {result.version}: {', '.join(result.sans)}")
+    click.echo(f"  valid until {result.not_after[:10]}, {result.key_type}, SHA-256 {result.sha256}")
+    click.echo(f"  key:       {result.live}/privkey.pem")
+    click.echo(f"  fullchain: {result.live}/fullchain.pem")
+    click.echo("chrony.conf:")
+    click.echo(f"  ntsserverkey {result.live}/privkey.pem")
+    click.echo(f"  ntsservercert {result.live}/fullchain.pem")
+    click.echo("  (deploy copies with chronyd's owner and modes: ntspki deploy)")
+
+
+def _days_left(not_after: str) -> int:
+    import datetime as dt
+
+    return (dt.datetime.fromisoformat(not_after) - dt.datetime.now(dt.UTC)).days
+
+
+@click.command("list")
+@click.option("--expiring", type=int, metavar="DAYS", help="Only certificates expiring within DAYS.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def list_(ctx, expiring, as_json):
+    """List every lineage's current certificate (from the ledger)."""
+    home = get_home(ctx).require_readable()
+    rows = home.ledger.rows() if home.ledger_path.exists() else []
+    for r in rows:
+        r["days_left"] = _days_left(r["not_after"])
+    if expiring is not None:
+        rows = [r for r in rows if r["days_left"] <= expiring]
+    if as_json:
+        echo_json(rows)
+        return
+    if not rows:
+        click.echo("no certificates" + (f" expiring within {expiring} days" if expiring is not None else ""))
+        return
+    width = max(len(r["name"]) for r in rows)
+    click.echo(f"{'NAME':<{width}}  VER  {'EXPIRES':<10}  DAYS  {'KEY':<9}  SOURCE    NAMES")
+    for r in rows:
+        click.echo(
+            f"{r['name']:<{width}}  {r['version']:>3}  {r['not_after'][:10]}  {r['days_left']:>4}  "
+            f"{r['key_type']:<9}  {r['source']:<8}  {' '.join(r['sans'])}"
+        )
+
+
+@click.command()
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def show(ctx, name, as_json):
+    """Show a lineage: names, validity, fingerprint, versions and a chain check."""
+    from dataclasses import asdict
+
+    from cryptography import x509
+
+    from ntspki import pki
+    from ntspki.errors import NtspkiError
+    from ntspki.pki import keys
+
+    home = get_home(ctx).require_readable()
+    lineage = home.read_lineage(name)
+    chain = pki.load_certs(lineage.fullchain, f"{name} fullchain.pem")
+    leaf = chain[0]
+    info = asdict(pki.CertInfo.of(leaf))
+    info.update(
+        name=name,
+        version=lineage.version,
+        live=str(lineage.live_dir),
+        versions=home.versions(name),
+        days_left=_days_left(info["not_after"]),
+        key_type=keys.key_type_of(leaf.public_key()),
+    )
+    try:
+        key = keys.load_private_pem(lineage.privkey, what=f"{name} privkey.pem")
+        info["key_matches"] = keys.key_matches_cert(key, leaf)
+    except NtspkiError as e:
+        info["key_matches"] = False
+        info["key_error"] = str(e)
+    root_path = home.ca_dir / "root.pem"
+    try:
+        roots = [x509.load_pem_x509_certificate(root_path.read_bytes())] if root_path.exists() else []
+        if not roots:
+            raise NtspkiError("no site CA to check against")
+        pki.verify_chain(roots, chain)
+        info["chain_ok"], info["chain_error"] = True, None
+    except NtspkiError as e:
+        info["chain_ok"], info["chain_error"] = False, str(e)
+    if as_json:
+        echo_json(info)
+        if not (info["key_matches"] and info["chain_ok"]):
+            ctx.exit(1)  # the same status as without --json: scripts read both
+        return
+    click.echo(f"{name} (version {lineage.version}, versions {info['versions']})")
+    click.echo(f"  names:     {', '.join(info['sans'])}")
+    click.echo(f"  valid:     {info['not_before'][:19]} .. {info['not_after'][:19]} ({info['days_left']} days left)")
+    click.echo(f"  serial:    {info['serial']}")
+    click.echo(f"  SHA-256:   {info['sha256']}")
+    click.echo(
+        f"  key:       {info['key_type']}, {'matches' if info['key_matches'] else 'DOES NOT MATCH'} the certificate"
+    )
+    click.echo(
+        f"  chain:     {'verifies against ' + str(root_path) if info['chain_ok'] else 'FAILS: ' + info['chain_error']}"
+    )
+    if not (info["key_matches"] and info["chain_ok"]):
+        ctx.exit(1)

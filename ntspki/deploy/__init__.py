@@ -1,0 +1,783 @@
+"""The deploy engine: copy a lineage to where the NTS server reads it, make the server load it,
+prove it is served, and put the previous pair back if it is not.
+
+One run, under one lock (timer, certbot hook and watcher may fire together):
+
+    1. finish any deploy a crash interrupted (see "journal" below)
+    2. validate every source before touching anything: key matches the leaf, chain leaf-first,
+       complete and verifying, names covered, not expired, key unencrypted and of a type the
+       server loads; destinations that are symlinks or sit in directories others can write, or
+       that the server's user could not read, are refused
+    3. unchanged (same key and certificate at the destination AND served): nothing to do
+    4. keep the current pair as NAME.previous, write the new pair next to the destinations with
+       final owner and mode, journal it, rename key first and certificate last
+    5. run each distinct restart/reload command once, however many targets it covers
+    6. probe: the server must serve the new certificate (fingerprint) within probe_timeout;
+       if not, restore the previous pair, restart again, probe again, and fail (exit 3; 4 when
+       even the previous pair is not served)
+
+Journal: two files cannot be replaced in one atomic step, so between the key rename and the
+certificate rename the destinations hold the new key and the old certificate. Both new files are
+complete on disk (as hidden `.NAME.ntspki-new` files) before a journal file says "install these";
+whoever takes the lock next (deploy, watcher, certbot hook) finishes the renames first. A crash
+before the journal leaves the old pair untouched; after it, the new pair is completed.
+
+Testing hook: NTSPKI_TEST_PAUSE_AT=STEP makes the process stop itself (SIGSTOP) when it reaches
+STEP (one of STEPS), so a test can SIGKILL it at exactly that point. Nothing else reads it.
+
+Also in this package: target configuration (`deployconfig`) and the watcher (`watch`).
+Layer: orchestration. May import `store`, `pki`, `servers`, `nts` (the served-certificate check)
+and `errors`; never `cli` or `issuing`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pwd
+import signal
+import ssl
+import time
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+
+from ntspki import pki
+from ntspki.deploy import deployconfig
+from ntspki.deploy.deployconfig import Target
+from ntspki.errors import NtspkiError
+from ntspki.pki import keys, names
+from ntspki.servers import services
+from ntspki.store import Home, fsutil, read_live_dir
+
+log = logging.getLogger("ntspki.deploy")
+
+STEPS = (
+    "locked",
+    "validated",
+    "previous-saved",
+    "staged",
+    "key-installed",
+    "installed",
+    "restarted",
+    "probed",
+    "restored",
+    "restarted-again",
+)
+PAUSE_ENV = "NTSPKI_TEST_PAUSE_AT"
+
+# exit codes (also in man/ntspki-deploy.1)
+OK, REFUSED, ROLLED_BACK, BROKEN = 0, 1, 3, 4
+
+
+def _step(name: str, detail: str = "") -> None:
+    log.debug("step %s%s", name, f": {detail}" if detail else "")
+    if os.environ.get(PAUSE_ENV) == name:
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+
+# ---- a key and its certificate chain ----------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    key_pem: bytes
+    cert_pem: bytes  # the full chain, leaf first: what `ntsservercert` needs
+    # (uid, gid, mode) of key and cert when read from a destination: a rollback restores those
+    # too, since a changed owner or mode can be what made the new pair unloadable.
+    key_meta: tuple[int, int, int] | None = None
+    cert_meta: tuple[int, int, int] | None = None
+
+    @cached_property
+    def chain(self):
+        return pki.load_certs(self.cert_pem)
+
+    @property
+    def leaf(self):
+        return self.chain[0]
+
+    @cached_property
+    def fingerprint(self) -> str:
+        return pki.fingerprint(self.leaf)
+
+    def matches(self) -> bool:
+        try:
+            key = keys.load_private_pem(self.key_pem)
+            return keys.key_matches_cert(key, self.leaf)
+        except (NtspkiError, IndexError):
+            return False
+
+
+def _system_roots() -> list:
+    # pki.verify_chain takes a list of certificates, not the OpenSSL store probe.trust_store
+    # builds, so the system bundle is read here.
+    paths = ssl.get_default_verify_paths()
+    for f in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if f and os.path.isfile(f):
+            return pki.load_certs(Path(f).read_bytes(), f)
+    return []
+
+
+def _roots(target: Target) -> list:
+    if not target.ca:
+        return _system_roots()
+    out = []
+    for path in target.ca:
+        try:
+            out += pki.load_certs(path.read_bytes(), str(path))
+        except OSError as e:
+            raise NtspkiError(f"cannot read CA file {path}: {e.strerror}")
+    return out
+
+
+def load_source(target: Target) -> Pair:
+    """Read the target's lineage and check everything the server will need. Raises NtspkiError."""
+    src = target.source_dir
+    lineage = read_live_dir(src, target.source)
+    try:
+        key = keys.load_private_pem(lineage.privkey, what=f"{src}/privkey.pem")
+    except NtspkiError as e:
+        if "encrypted" in str(e):
+            raise NtspkiError(
+                f"{src}/privkey.pem is encrypted: {target.service.name} cannot load an "
+                "encrypted key (it fails with 'Decryption has failed')"
+            )
+        raise
+    chain = pki.load_certs(lineage.fullchain, f"{src}/fullchain.pem")
+    if not keys.key_matches_cert(key, chain[0]):
+        where = next((i for i, c in enumerate(chain) if keys.key_matches_cert(key, c)), None)
+        if where is not None:
+            raise NtspkiError(
+                f"{src}/fullchain.pem is not leaf first: the key's certificate is number {where + 1} of {len(chain)}"
+            )
+        raise NtspkiError(f"{src}/privkey.pem does not match the certificate in {src}/fullchain.pem")
+    key_type = keys.key_type_of(key)
+    if key_type not in target.service.key_types:
+        raise NtspkiError(
+            f"{src}: {target.service.name} cannot load a {key_type} key "
+            f"(it loads {', '.join(target.service.key_types)})"
+        )
+    for a, b in zip(chain, chain[1:]):
+        if a.issuer != b.subject:
+            raise NtspkiError(
+                f"{src}/fullchain.pem is out of order: {b.subject.rfc4514_string()} "
+                f"did not issue {a.subject.rfc4514_string()}"
+            )
+    leaf, now = chain[0], pki.now()
+    if leaf.not_valid_after_utc <= now:
+        raise NtspkiError(f"{src}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if leaf.not_valid_before_utc > now:
+        raise NtspkiError(f"{src}: the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    wanted = list(target.names) if target.names else None
+    if target.probe_name:
+        wanted = (wanted or pki.san_strings(leaf)) + [target.probe_name]
+    general = names.unique_sans(wanted) if wanted else None
+    roots = _roots(target)
+    if not roots:
+        raise NtspkiError(f"{src}: no trusted roots to check the chain against: set `ca` (--ca FILE)")
+    try:
+        pki.verify_chain(roots, chain, general)
+    except NtspkiError as e:
+        hint = "" if target.ca else " (set `ca` / --ca to the root that issued it)"
+        raise NtspkiError(f"{src}: {e}{hint}")
+    return Pair(lineage.privkey, lineage.fullchain)
+
+
+# ---- destinations -----------------------------------------------------------------------------
+
+
+def _staged(path: Path) -> Path:
+    return path.parent / f".{path.name}.ntspki-new"
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".previous")
+
+
+def _journal(target: Target) -> Path:
+    return target.cert.parent / f".{target.cert.name}.ntspki-journal"
+
+
+def _reader(target: Target) -> tuple[str, int, set]:
+    """(user, uid, gids) the server reads its files as (root, who reads anything, when none of
+    the service's users exists here)."""
+    user = target.server_user or target.service.user()
+    if user.isdigit():
+        return user, int(user), set()  # a container's uid, no groups known
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise NtspkiError(f"target {target.name!r}: no such user {user!r} (server_user)")
+    return user, pw.pw_uid, set(os.getgrouplist(user, pw.pw_gid))
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest ancestor that exists."""
+    while not path.exists():
+        path = path.parent
+    return path
+
+
+def _can(uid: int, gids: set, owner: int, group: int, mode: int, bit: int) -> bool:
+    """Whether uid (in gids) has permission `bit` (4 read, 1 enter) on owner:group `mode`."""
+    if uid == 0:
+        return True
+    if owner == uid:
+        return bool(mode & (bit << 6))
+    if group in gids:
+        return bool(mode & (bit << 3))
+    return bool(mode & bit)
+
+
+def check_destination(target: Target) -> None:
+    """Refuse what would be unsafe or could not work, before anything is written."""
+    for path in (target.key, target.cert):
+        if path.is_symlink():
+            raise NtspkiError(f"{path} is a symlink: refusing to write through it (point the target at the real file)")
+        if path.exists() and not path.is_file():
+            raise NtspkiError(f"{path} exists and is not a regular file")
+        d = _existing(path.parent)
+        st = d.stat()
+        if st.st_mode & 0o002 or (st.st_mode & 0o020 and st.st_gid != 0):
+            raise NtspkiError(
+                f"{d} is writable by other users: they could replace the "
+                f"{'key' if path == target.key else 'certificate'}; use a directory only "
+                "root can write (e.g. /etc/chrony/nts)"
+            )
+        if st.st_uid not in (0, os.geteuid()):
+            raise NtspkiError(
+                f"{d} belongs to uid {st.st_uid}, who could replace the files; use a directory owned by root"
+            )
+    user, uid, gids = _reader(target)
+    for path, mode in ((target.key, target.key_mode), (target.cert, target.cert_mode)):
+        d = _existing(path.parent)
+        for anc in [d, *d.parents]:
+            st = anc.stat()
+            if not _can(uid, gids, st.st_uid, st.st_gid, st.st_mode, 1):
+                raise NtspkiError(
+                    f"{target.service.name} reads {path} as {user}, who cannot enter {anc}: "
+                    "use a directory it can traverse (e.g. /etc/chrony/nts)"
+                )
+        if not _can(uid, gids, target.uid, target.gid, mode, 4):
+            raise NtspkiError(
+                f"{target.service.name} reads {path.name} as {user}, who could not read it as "
+                f"{target.owner}:{target.group} {mode:04o} (chronyd fails with 'Could not set credentials : "
+                f"Error while reading file'); use group {target.service.group()} and mode 0640"
+            )
+
+
+def _meta(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, st.st_mode & 0o7777
+
+
+def read_pair(key_path: Path, cert_path: Path) -> Pair | None:
+    """The pair at these paths (with owners and modes) if both exist and match, else None."""
+    try:
+        pair = Pair(key_path.read_bytes(), cert_path.read_bytes(), _meta(key_path), _meta(cert_path))
+    except OSError:
+        return None
+    return pair if pair.matches() else None
+
+
+def recover(target: Target) -> str | None:
+    """Finish a deploy that a crash interrupted; drop staged files no journal asked for."""
+    journal = _journal(target)
+    staged_key, staged_cert = _staged(target.key), _staged(target.cert)
+    if journal.exists():
+        for staged, dest in ((staged_key, target.key), (staged_cert, target.cert)):
+            if staged.exists():
+                os.replace(staged, dest)
+                fsutil.fsync_dir(dest.parent)
+        journal.unlink()
+        fsutil.fsync_dir(journal.parent)
+        msg = f"{target.name}: finished an interrupted deploy (journal {journal})"
+        log.warning(msg)
+        return msg
+    for staged in (staged_key, staged_cert):
+        if staged.exists():
+            staged.unlink()
+    return None
+
+
+def _mkdirs(path: Path) -> None:
+    # 0755: the server's user must traverse it; only root writes.
+    missing = []
+    d = path
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o755)
+        os.chmod(d, 0o755)
+
+
+def _owners_modes(target: Target, pair: Pair) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(uid, gid, mode) to write the key and the certificate with: the pair's own when it was read
+    from a destination, else the target's. A key is never left readable by others, even restored."""
+    uid, gid, mode = pair.key_meta or (target.uid, target.gid, target.key_mode)
+    return (uid, gid, mode & ~0o007), pair.cert_meta or (target.uid, target.gid, target.cert_mode)
+
+
+def install(target: Target, pair: Pair) -> None:
+    """Put `pair` at the destinations: staged with final owner/mode, journalled, key then cert."""
+    for p in (target.key, target.cert):
+        _mkdirs(p.parent)
+    (kuid, kgid, kmode), (cuid, cgid, cmode) = _owners_modes(target, pair)
+    fsutil.atomic_write(_staged(target.key), pair.key_pem, kmode, kuid, kgid)
+    fsutil.atomic_write(_staged(target.cert), pair.cert_pem, cmode, cuid, cgid)
+    journal = {"key": str(target.key), "cert": str(target.cert), "sha256": pair.fingerprint}
+    fsutil.atomic_write(_journal(target), json.dumps(journal).encode(), 0o600)
+    _step("staged", target.name)
+    os.replace(_staged(target.key), target.key)
+    fsutil.fsync_dir(target.key.parent)
+    _step("key-installed", target.name)
+    os.replace(_staged(target.cert), target.cert)
+    fsutil.fsync_dir(target.cert.parent)
+    _journal(target).unlink()
+    fsutil.fsync_dir(target.cert.parent)
+    log.info("%s: installed %s and %s (sha256 %s)", target.name, target.key, target.cert, pair.fingerprint[:16])
+
+
+def save_previous(target: Target, pair: Pair) -> None:
+    """NAME.key.previous and NAME.crt.previous, with the owner and mode the pair had."""
+    key_meta, cert_meta = _owners_modes(target, pair)
+    for path, data, (uid, gid, mode) in ((target.key, pair.key_pem, key_meta), (target.cert, pair.cert_pem, cert_meta)):
+        fsutil.atomic_write(_previous(path), data, mode, uid, gid)
+
+
+def _fix_metadata(target: Target) -> bool:
+    changed = False
+    for path, mode in ((target.key, target.key_mode), (target.cert, target.cert_mode)):
+        st = path.stat()
+        if (st.st_uid, st.st_gid) != (target.uid, target.gid):
+            os.chown(path, target.uid, target.gid)
+            changed = True
+        if st.st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
+            changed = True
+    return changed
+
+
+# ---- is the server serving it? ----------------------------------------------------------------
+
+
+def check_served(
+    target: Target, fingerprint: str, name: str, timeout: float, verify: bool = True
+) -> tuple[bool, str | None, str]:
+    """Probe until the server serves `fingerprint` or `timeout` passes: (ok, served sha256, detail).
+    verify=False only pins the fingerprint: for a restored pair, whose chain and names may not
+    be what the target now asks for, but which is exactly what was served before."""
+    deadline = time.monotonic() + timeout
+    while True:
+        attempt = min(3.0, max(0.5, deadline - time.monotonic()))
+        if verify:
+            ok, served, detail = _probe_once(target, fingerprint, name, attempt)
+        else:
+            ok, served, detail = _pinned_once(target, fingerprint, name, attempt)
+        if ok or time.monotonic() >= deadline:
+            return ok, served, detail
+        time.sleep(0.1)
+
+
+def _pinned_once(target: Target, fingerprint: str, name: str, timeout: float) -> tuple[bool, str | None, str]:
+    from ntspki.nts.ntske import ProtocolError
+    from ntspki.nts.probe import parse_target, served_fingerprint
+
+    host, port = parse_target(target.probe)
+    try:
+        served = served_fingerprint(host, port, name, timeout)
+    except ProtocolError as e:
+        return False, None, f"no TLS handshake with {target.probe}: {e}"
+    if served != fingerprint:
+        return False, served, f"serves sha256 {served}, not {fingerprint}"
+    return True, served, "served"
+
+
+def _probe_once(target: Target, fingerprint: str, name: str, timeout: float = 3.0) -> tuple[bool, str | None, str]:
+    """`ntspki probe` up to NTS-KE: chain and name checked, this fingerprint expected.
+    (passed, sha256 of the served leaf or None, what was seen)."""
+    from ntspki.nts.probe import probe
+
+    res = probe(
+        target.probe,
+        ca_files=tuple(str(c) for c in target.ca),
+        name=name,
+        timeout=timeout,
+        expect_fingerprint=fingerprint,
+        ntp=False,
+    )
+    served = res.chain[0].get("sha256") if res.chain else None
+    return res.ok, served, "served" if res.ok else (res.error or "probe failed")
+
+
+# ---- a run ------------------------------------------------------------------------------------
+
+
+@dataclass
+class TargetResult:
+    name: str
+    status: str  # unchanged | deployed | would-deploy | refused | rolled-back | failed
+    message: str = ""
+    new_sha256: str | None = None
+    previous_sha256: str | None = None
+    served_sha256: str | None = None
+    exit_code: int = OK
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class DeployReport:
+    targets: list[TargetResult] = field(default_factory=list)
+    actions: list[dict] = field(default_factory=list)  # restart/reload commands run
+    warnings: list[str] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        return max((t.exit_code for t in self.targets), default=OK)
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == OK
+
+    def to_dict(self) -> dict:
+        return {
+            "ok": self.ok,
+            "exit_code": self.exit_code,
+            "targets": [t.to_dict() for t in self.targets],
+            "actions": self.actions,
+            "warnings": self.warnings,
+            "note": self.note,
+        }
+
+
+@dataclass
+class _Plan:
+    target: Target
+    new: Pair
+    old: Pair | None  # what to restore if the new pair is not served
+    write: bool  # False: already on disk, only the restart is missing
+    command: list[str]
+    name: str  # the name the probe checks
+    result: TargetResult
+
+
+def _home(home) -> Home:
+    """A Home from a Home, a path, or None (the default home)."""
+    return home if isinstance(home, Home) else Home(home)
+
+
+def default_lock_path(home=None) -> Path:
+    """One lock per host for root (every home, hook and watcher restarts the same server)."""
+    if os.geteuid() == 0 and os.access("/run", os.W_OK):
+        return Path("/run/ntspki-deploy.lock")
+    path = _home(home).path
+    path.mkdir(parents=True, exist_ok=True)
+    return path / ".deploy.lock"
+
+
+def deploy(
+    targets: list[Target], *, dry_run: bool = False, force: bool = False, lock_path: Path | None = None
+) -> DeployReport:
+    report = DeployReport()
+    if not targets:
+        report.note = "no targets"
+        return report
+    lock_path = lock_path or default_lock_path()
+    with fsutil.locked(lock_path):
+        _step("locked")
+        plans = _plan(targets, report, dry_run, force)
+        _step("validated")
+        if dry_run or not plans:
+            return report
+        for plan in plans:
+            if plan.write and plan.old is not None:
+                save_previous(plan.target, plan.old)
+        _step("previous-saved")
+        for plan in plans:
+            if plan.write:
+                install(plan.target, plan.new)
+        _step("installed")
+        groups: dict[tuple, list[_Plan]] = {}
+        for plan in plans:
+            groups.setdefault(tuple(plan.command), []).append(plan)
+        for command, group in groups.items():
+            _apply(list(command), group, report)
+    return report
+
+
+def recover_only(targets: list[Target], lock_path: Path | None = None) -> list[str]:
+    """Finish interrupted deploys and nothing else: no restart, no probe.
+
+    For the server's own start-up (`ExecStartPre=` in examples/), which closes the one window a
+    crash can leave (new key, old certificate) before the server reads its files. A deploy holding
+    the lock is the one restarting this server, with both files already in place: never wait for it
+    (that would deadlock its restart); there is nothing to recover then."""
+    try:
+        with fsutil.locked(lock_path or default_lock_path(), wait=False):
+            return [note for t in targets if (note := recover(t))]
+    except BlockingIOError:
+        return []
+
+
+def _plan(targets, report, dry_run, force) -> list[_Plan]:
+    plans = []
+    for t in targets:
+        result = TargetResult(t.name, "refused")
+        report.targets.append(result)
+        try:
+            if not dry_run:
+                note = recover(t)
+                if note:
+                    report.warnings.append(note)
+            elif _journal(t).exists():
+                report.warnings.append(f"{t.name}: an interrupted deploy will be finished first")
+            new = load_source(t)
+            check_destination(t)
+            command = services.action_command(t.service, t.restart_command)
+        except NtspkiError as e:
+            result.message, result.exit_code = str(e), REFUSED
+            log.error("%s: refused: %s", t.name, e)
+            continue
+        result.new_sha256 = new.fingerprint
+        current = read_pair(t.key, t.cert)
+        result.previous_sha256 = current.fingerprint if current else None
+        deployed = current is not None and current.fingerprint == new.fingerprint and current.key_pem == new.key_pem
+        name = t.probe_name or pki.san_strings(new.leaf)[0]
+        if deployed and not force:
+            if not dry_run and _fix_metadata(t):
+                log.info("%s: fixed owner/mode of %s and %s", t.name, t.key, t.cert)
+            if t.probe is None:
+                result.status, result.message = "unchanged", "already deployed (not probed)"
+                continue
+            served_ok, served, detail = _probe_once(t, new.fingerprint, name)
+            result.served_sha256 = served
+            if served_ok:
+                result.status, result.message = "unchanged", "already deployed and served"
+                log.info("%s: unchanged (sha256 %s deployed and served)", t.name, new.fingerprint[:16])
+                continue
+            log.info("%s: deployed but not served (%s): the server needs a restart", t.name, detail)
+        if deployed:
+            # What was there before this certificate was installed (by an interrupted run).
+            old = read_pair(_previous(t.key), _previous(t.cert))
+            result.previous_sha256 = old.fingerprint if old else None
+            plan = _Plan(t, new, old, False, command, name, result)
+        else:
+            plan = _Plan(t, new, current, True, command, name, result)
+        if dry_run:
+            result.status = "would-deploy"
+            result.message = f"would {'write and ' if plan.write else ''}run {' '.join(command)}"
+            continue
+        result.status = "pending"
+        plans.append(plan)
+    return plans
+
+
+def _warn_ntsdumpdir(plans: list[_Plan], report: DeployReport) -> None:
+    for plan in plans:
+        t = plan.target
+        if t.service.name != "chrony" or t.service.action != "restart":
+            continue
+        facts = services.chrony_conf_facts(t.service_conf)
+        if not facts["readable"]:
+            msg = (
+                f"{t.name}: cannot read chrony's configuration ({t.service_conf or 'not found'}) to check "
+                "ntsdumpdir: set service_conf"
+            )
+        elif not facts["ntsdumpdir"]:
+            msg = (
+                f"WARNING {t.name}: chronyd has no ntsdumpdir in {t.service_conf}: this restart makes "
+                "new cookie keys, so every client's NTS cookies are rejected (NTSN) and all clients "
+                f"must redo NTS-KE. Fix: add `ntsdumpdir /var/lib/chrony` to {t.service_conf}"
+            )
+        else:
+            continue
+        if msg not in report.warnings:
+            report.warnings.append(msg)
+            log.warning(msg)
+
+
+def _run(command: list[str], report: DeployReport, why: str) -> bool:
+    log.info("running %s (%s)", " ".join(command), why)
+    ok, out = services.run_action(command)
+    report.actions.append({"command": command, "why": why, "ok": ok, "output": out})
+    if not ok:
+        log.error("%s failed: %s", " ".join(command), out)
+    return ok
+
+
+def _apply(command: list[str], group: list[_Plan], report: DeployReport) -> None:
+    """Restart once for the whole group, probe each target, roll back the ones not served."""
+    _warn_ntsdumpdir(group, report)
+    restarted = _run(command, report, f"load new certificate for {', '.join(p.target.name for p in group)}")
+    _step("restarted")
+    failed = []
+    for plan in group:
+        r = plan.result
+        if not restarted:
+            failed.append((plan, "the restart command failed"))
+            continue
+        if plan.target.probe is None:
+            r.status, r.exit_code, r.message = "deployed", OK, "deployed (not probed)"
+            continue
+        ok, served, detail = check_served(plan.target, plan.new.fingerprint, plan.name, plan.target.probe_timeout)
+        r.served_sha256 = served
+        if ok:
+            r.status, r.exit_code, r.message = "deployed", OK, f"deployed and served on {plan.target.probe}"
+            log.info("%s: new certificate served on %s", plan.target.name, plan.target.probe)
+        else:
+            failed.append((plan, f"the new certificate is not served on {plan.target.probe}: {detail}"))
+    _step("probed")
+    if failed:
+        _roll_back(command, failed, group, report)
+
+
+def _roll_back(command, failed, group, report) -> None:
+    restored = []
+    for plan, why in failed:
+        r = plan.result
+        log.error("%s: %s", plan.target.name, why)
+        if plan.old is None:
+            r.status, r.exit_code = "failed", BROKEN
+            r.message = (
+                f"{why}; there is no previous pair to restore: the server is NOT serving this target's certificate"
+            )
+            continue
+        if plan.old.leaf.not_valid_after_utc <= pki.now():
+            r.status, r.exit_code = "failed", BROKEN
+            r.message = f"{why}; the previous certificate has expired, so it was not restored: check the server"
+            continue
+        install(plan.target, plan.old)
+        log.warning("%s: restored the previous pair (sha256 %s)", plan.target.name, plan.old.fingerprint[:16])
+        restored.append((plan, why))
+    _step("restored")
+    if not restored:
+        return
+    again = _run(command, report, "roll back to the previous certificate")
+    _step("restarted-again")
+    for plan, why in restored:
+        r = plan.result
+        if plan.target.probe is None:
+            ok, served = again, None
+        else:
+            ok, served, _ = check_served(
+                plan.target, plan.old.fingerprint, plan.name, plan.target.probe_timeout, verify=False
+            )
+            ok = ok and again
+        r.served_sha256 = served
+        if ok:
+            r.status, r.exit_code = "rolled-back", ROLLED_BACK
+            r.message = f"{why}; rolled back: the previous certificate is served again"
+        else:
+            r.status, r.exit_code = "failed", BROKEN
+            r.message = (
+                f"{why}; restored the previous pair but it is not served either "
+                f"(served sha256: {served or 'none'}): check the server"
+            )
+        log.error("%s: %s", plan.target.name, r.message)
+    # Targets in the same group that were fine were restarted again too: check they still are.
+    for plan in group:
+        r = plan.result
+        if r.status == "deployed" and plan.target.probe is not None:
+            ok, served, detail = check_served(plan.target, plan.new.fingerprint, plan.name, plan.target.probe_timeout)
+            if not ok:
+                r.status, r.exit_code = "failed", BROKEN
+                r.message = f"served before the rollback restart, not after it: {detail}"
+
+
+# ---- entry points used by the watcher, the certbot hook and `ntspki renew` --------------------
+
+
+def load_targets(home=None, config_path: Path | None = None) -> list[Target] | None:
+    """The configured targets; None when there is no config at the default place."""
+    home = _home(home)
+    if config_path is None:
+        config_path = deployconfig.default_config_path(home)
+        if not config_path.exists():
+            return None
+    return deployconfig.load(Path(config_path), home)
+
+
+def deploy_lineages(live_dirs: list[Path], home=None, config_path: Path | None = None) -> DeployReport:
+    """Deploy every configured target whose source is one of `live_dirs` (after a renewal).
+    No config: nothing to do. Config mistakes raise NtspkiError; deploy failures are in the report."""
+    targets = load_targets(home, config_path)
+    if targets is None:
+        return DeployReport(note="no deploy config: nothing to deploy")
+    chosen = deployconfig.by_source(targets, [Path(d) for d in live_dirs])
+    if not chosen:
+        return DeployReport(note=f"no target uses {', '.join(map(str, live_dirs))}")
+    return deploy(chosen, lock_path=default_lock_path(home))
+
+
+def configure_logging(prog: str, level: int = logging.INFO) -> None:
+    """Step logs on stderr; with journald's `<N>` priority prefix when run by systemd."""
+    handler = logging.StreamHandler()
+    if os.environ.get("JOURNAL_STREAM"):
+        prio = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+        class Journal(logging.Formatter):
+            def format(self, record):
+                return f"<{prio.get(record.levelno, 6)}>{record.getMessage()}"
+
+        handler.setFormatter(Journal())
+    else:
+        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    root = logging.getLogger("ntspki")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# ---- the certbot deploy hook ------------------------------------------------------------------
+
+CERTBOT_HOOK_DIR = Path("/etc/letsencrypt/renewal-hooks/deploy")
+CERTBOT_HOOK_NAME = "ntspki"
+
+
+def certbot_hook_script(ntspki_argv: list[str] | None = None) -> str:
+    """The hook certbot runs after each renewal (hooks/ntspki-certbot-deploy-hook is this with
+    the default command; `ntspki hook install certbot` bakes in the exact ntspki and home)."""
+    import shlex
+
+    command = shlex.quote(shlex.join(ntspki_argv)) if ntspki_argv else "ntspki"
+    return f"""#!/bin/sh
+# ntspki's certbot deploy hook. certbot runs it after every successful renewal, from
+# renewal-hooks/deploy/ or as --deploy-hook, with RENEWED_LINEAGE (the live directory) and
+# RENEWED_DOMAINS (space-separated) set. It deploys every ntspki deploy target whose source is
+# that lineage: copies the pair with the server's owner and modes, restarts the server once,
+# checks that the new certificate is served and rolls back if not (see ntspki-deploy(1)).
+# Install with: ntspki hook install certbot
+set -u
+if [ -z "${{NTSPKI:-}}" ]; then NTSPKI={command}; fi
+if [ -z "${{RENEWED_LINEAGE:-}}" ]; then
+    echo "ntspki hook: RENEWED_LINEAGE is not set: certbot runs this hook, see ntspki-hook(1)" >&2
+    exit 2
+fi
+echo "ntspki hook: certbot renewed ${{RENEWED_DOMAINS:-(no domains given)}} in $RENEWED_LINEAGE" >&2
+eval "set -- $NTSPKI"
+exec "$@" deploy --source "$RENEWED_LINEAGE"
+"""
+
+
+def install_certbot_hook(
+    directory: Path = CERTBOT_HOOK_DIR, ntspki_argv: list[str] | None = None, force: bool = False
+) -> tuple[Path, bool]:
+    """Write the hook into certbot's renewal-hooks/deploy/. (path, changed)."""
+    script = certbot_hook_script(ntspki_argv).encode()
+    path = Path(directory) / CERTBOT_HOOK_NAME
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise NtspkiError(f"{path} exists and is not a regular file")
+    if path.exists():
+        if path.read_bytes() == script:
+            os.chmod(path, 0o755)
+            return path, False
+        if not force:
+            raise NtspkiError(f"{path} exists with other content: use --force to replace it")
+    _mkdirs(path.parent)
+    fsutil.atomic_write(path, script, 0o755)
+    return path, True

@@ -1,0 +1,283 @@
+"""Deploy targets: `HOME/deploy.toml` (or `--config FILE`), or one target from command-line flags.
+
+    [defaults]                    # any target setting, applied to every target
+    group = "_chrony"
+
+    [targets.ntpserver]
+    source = "ntpserver"          # an ntspki lineage, or a certbot-style live dir (has a "/")
+    cert = "/etc/chrony/nts/ntpserver.crt"     # the full chain, leaf first (default shown)
+    key = "/etc/chrony/nts/ntpserver.key"
+    owner = "root"
+    group = "_chrony"             # default: the group of chronyd's user, detected
+    key_mode = "0640"
+    cert_mode = "0644"
+    service = "chrony"            # chrony | ntpsec | ntpd-rs
+    server_user = "_chrony"       # who the server reads the files as (default: detected); checked
+                                  # before writing (a container's user may differ from the host's)
+    restart_command = "docker restart ntp"     # default: systemctl on the unit that exists
+    service_conf = "/etc/chrony/chrony.conf"   # read for ntsdumpdir and ntsport
+    probe = "127.0.0.1:4460"      # where to check the served certificate; false: don't
+    probe_name = "ntpserver"      # name to verify (default: the certificate's first name)
+    probe_timeout = 10            # seconds to wait for the server to serve the new certificate
+    ca = ["/etc/ntspki/ca/root.pem"]  # trust for the chain check (default: the site CA for ntspki
+                                  # lineages, the system store for others)
+    names = ["ntpserver"]         # names the certificate must cover (default: all it has)
+
+Relative paths are relative to the config file's directory.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ntspki.errors import NtspkiError
+from ntspki.servers import services
+
+CONFIG_NAME = "deploy.toml"
+KEYS = {
+    "source",
+    "cert",
+    "key",
+    "owner",
+    "group",
+    "key_mode",
+    "cert_mode",
+    "service",
+    "server_user",
+    "restart_command",
+    "service_conf",
+    "probe",
+    "probe_name",
+    "probe_timeout",
+    "ca",
+    "names",
+}
+
+
+@dataclass
+class Target:
+    name: str
+    source: str  # as written: lineage name or directory
+    source_dir: Path  # the live directory to read
+    lineage: str | None  # the ntspki lineage name, when the source is one
+    cert: Path
+    key: Path
+    owner: str = "root"
+    group: str = "root"
+    key_mode: int = 0o640
+    cert_mode: int = 0o644
+    service: services.Service = field(default_factory=lambda: services.get("chrony"))
+    server_user: str | None = None
+    restart_command: list[str] | None = None
+    service_conf: Path | None = None
+    probe: str | None = None  # HOST:PORT, None = don't probe
+    probe_name: str | None = None
+    probe_timeout: float = 10.0
+    ca: list[Path] = field(default_factory=list)
+    names: list[str] | None = None
+
+    @property
+    def uid(self) -> int:
+        return _uid(self.owner)
+
+    @property
+    def gid(self) -> int:
+        return _gid(self.group)
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "source": str(self.source_dir),
+            "cert": str(self.cert),
+            "key": str(self.key),
+            "owner": self.owner,
+            "group": self.group,
+            "key_mode": f"{self.key_mode:04o}",
+            "cert_mode": f"{self.cert_mode:04o}",
+            "service": self.service.name,
+            "restart_command": self.restart_command,
+            "probe": self.probe,
+        }
+
+
+def _uid(owner: str) -> int:
+    try:
+        return int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
+    except KeyError:
+        raise NtspkiError(f"no such user {owner!r}", 2)
+
+
+def _gid(group: str) -> int:
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise NtspkiError(f"no such group {group!r}", 2)
+
+
+def parse_mode(value, what: str) -> int:
+    """'0640', '640', 0o640 or 416 -> 0o640; refuses anything that is not a plain permission mode."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        mode = value
+    elif isinstance(value, str):
+        try:
+            mode = int(value, 8)
+        except ValueError:
+            raise NtspkiError(f"{what}: {value!r} is not an octal mode like 0640", 2)
+    else:
+        raise NtspkiError(f"{what}: {value!r} is not an octal mode like 0640", 2)
+    if not 0 <= mode <= 0o777:
+        raise NtspkiError(f"{what}: {value!r} is not a permission mode (0000..0777)", 2)
+    return mode
+
+
+def default_config_path(home) -> Path:
+    return Path(home.path) / CONFIG_NAME
+
+
+def make_target(name: str, settings: dict, home=None, base: Path | None = None) -> Target:
+    """A Target from settings (config table or flags), with every default filled in and checked."""
+    where = f"target {name!r}"
+    unknown = set(settings) - KEYS
+    if unknown:
+        raise NtspkiError(
+            f"{where}: unknown setting(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(KEYS))})", 2
+        )
+    base = base or Path.cwd()
+
+    def path(value, what) -> Path:
+        if not isinstance(value, str) or not value:
+            raise NtspkiError(f"{where}: {what} must be a path", 2)
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else base / p
+
+    service = services.get(settings.get("service", "chrony"))
+    source = settings.get("source", name)
+    if not isinstance(source, str) or not source:
+        raise NtspkiError(f"{where}: source must be a lineage name or a directory", 2)
+    if "/" in source or source.startswith("."):
+        source_dir, lineage = path(source, "source"), None
+    else:
+        if home is None:
+            raise NtspkiError(f"{where}: source {source!r} is an ntspki lineage but there is no ntspki home", 2)
+        from ntspki.store import check_lineage_name
+
+        lineage = check_lineage_name(source)
+        source_dir = home.live / lineage
+    default_dir = Path(service.default_dir)
+    cert = path(settings["cert"], "cert") if "cert" in settings else default_dir / f"{name}.crt"
+    key = path(settings["key"], "key") if "key" in settings else default_dir / f"{name}.key"
+    if cert == key:
+        raise NtspkiError(f"{where}: cert and key must be different files", 2)
+
+    ca = settings.get("ca", [])
+    ca = [ca] if isinstance(ca, str) else ca
+    if not isinstance(ca, list):
+        raise NtspkiError(f"{where}: ca must be a file or a list of files", 2)
+    ca_paths = [path(c, "ca") for c in ca]
+    if not ca_paths and lineage is not None:
+        ca_paths = [home.ca_dir / "root.pem"]
+
+    conf = settings.get("service_conf")
+    service_conf = path(conf, "service_conf") if conf else service.conf_file()
+
+    probe = settings.get("probe", True)
+    if probe is True:
+        port = services.chrony_conf_facts(service_conf)["ntsport"] if service.name == "chrony" else 4460
+        probe = f"127.0.0.1:{port}"
+    elif probe is False or probe in ("", "none", "off"):
+        probe = None
+    elif not isinstance(probe, str):
+        raise NtspkiError(f"{where}: probe must be HOST:PORT or false", 2)
+
+    names = settings.get("names")
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
+        raise NtspkiError(f"{where}: names must be a list of host names or addresses", 2)
+    timeout = settings.get("probe_timeout", 10.0)
+    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
+        raise NtspkiError(f"{where}: probe_timeout must be a positive number of seconds", 2)
+
+    target = Target(
+        name=name,
+        source=source,
+        source_dir=source_dir,
+        lineage=lineage,
+        cert=cert,
+        key=key,
+        owner=str(settings.get("owner", "root")),
+        group=str(settings.get("group") or service.group()),
+        key_mode=parse_mode(settings.get("key_mode", 0o640), f"{where}: key_mode"),
+        cert_mode=parse_mode(settings.get("cert_mode", 0o644), f"{where}: cert_mode"),
+        service=service,
+        server_user=settings.get("server_user"),
+        restart_command=services.parse_command(settings.get("restart_command")),
+        service_conf=service_conf,
+        probe=probe,
+        probe_name=settings.get("probe_name"),
+        probe_timeout=float(timeout),
+        ca=ca_paths,
+        names=names,
+    )
+    if target.key_mode & 0o007:
+        raise NtspkiError(
+            f"{where}: key_mode {target.key_mode:04o} lets every user read or write the "
+            "private key; use 0640 (owner root, group of the server's user)",
+            2,
+        )
+    _uid(target.owner), _gid(target.group)  # unknown users and groups fail here, before any write
+    return target
+
+
+def load(config_path: Path, home=None) -> list[Target]:
+    """Every target in the config file, in file order. Raises NtspkiError on any mistake."""
+    config_path = Path(config_path)
+    try:
+        data = tomllib.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise NtspkiError(f"no deploy config {config_path}", 2)
+    except OSError as e:
+        raise NtspkiError(f"cannot read {config_path}: {e.strerror}", 2)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise NtspkiError(f"{config_path}: not valid TOML ({e})", 2)
+    extra = set(data) - {"defaults", "targets"}
+    if extra:
+        raise NtspkiError(
+            f"{config_path}: unknown section(s) {', '.join(sorted(extra))} (use [defaults] and [targets.NAME])", 2
+        )
+    defaults = data.get("defaults", {})
+    targets = data.get("targets", {})
+    if not isinstance(defaults, dict) or not isinstance(targets, dict):
+        raise NtspkiError(f"{config_path}: [defaults] and [targets.NAME] must be tables", 2)
+    out = []
+    for name, settings in targets.items():
+        if not isinstance(settings, dict):
+            raise NtspkiError(f"{config_path}: targets.{name} must be a table", 2)
+        try:
+            out.append(make_target(name, {**defaults, **settings}, home, config_path.parent))
+        except NtspkiError as e:
+            raise NtspkiError(f"{config_path}: {e}", e.exit_code)
+    owners: dict[Path, str] = {}
+    for t in out:
+        for p in (t.cert, t.key):
+            if p in owners:
+                raise NtspkiError(f"{config_path}: targets {owners[p]!r} and {t.name!r} both write {p}", 2)
+            owners[p] = t.name
+    return out
+
+
+def select(targets: list[Target], names: list[str]) -> list[Target]:
+    by_name = {t.name: t for t in targets}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise NtspkiError(f"no target named {', '.join(missing)} (configured: {', '.join(by_name) or 'none'})", 2)
+    return [by_name[n] for n in names]
+
+
+def by_source(targets: list[Target], live_dirs: list[Path]) -> list[Target]:
+    """The targets whose source is one of `live_dirs` (compared after resolving symlinks)."""
+    wanted = {Path(d).resolve() for d in live_dirs}
+    return [t for t in targets if t.source_dir.resolve() in wanted]

@@ -1,0 +1,164 @@
+"""Issuing server certificates from the site CA into lineages (one or a whole fleet)."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import asdict, dataclass
+from functools import cached_property
+from pathlib import Path
+
+from ntspki import pki
+from ntspki.errors import NtspkiError
+from ntspki.issuing import ca as ca_mod
+from ntspki.pki import keys, names
+from ntspki.store import Home, check_lineage_name
+
+
+@dataclass
+class Issued:
+    name: str
+    version: int
+    sans: list[str]
+    serial: str
+    sha256: str
+    not_after: str
+    key_type: str
+    live: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Request:
+    name: str
+    sans: list[str]
+    origin: str = ""  # where it came from, for errors: "fleet.txt line 7"
+
+    @cached_property  # parsed once: a batch validates every line up front, then builds
+    def general_names(self):
+        return names.unique_sans([self.name, *self.sans])
+
+    @property
+    def lineage(self) -> str:
+        """The lineage directory name: NAME as a normalised host name (never an address)."""
+        if names.is_ip(self.name):
+            raise NtspkiError(
+                f"the certificate name must be a host name, not an address ({self.name}); put addresses in --san", 2
+            )
+        return check_lineage_name(names.normalize_dns_name(self.name))
+
+
+def parse_batch(text: str, source: str = "batch file") -> list[Request]:
+    """One `NAME [SAN ...]` a line; blank lines and `#` comments are ignored."""
+    out = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        req = Request(fields[0], fields[1:], f"{source} line {lineno}")
+        try:
+            _ = req.general_names  # validates every name
+        except NtspkiError as e:
+            raise NtspkiError(f"{req.origin}: {e}", 2)
+        out.append(req)
+    if not out:
+        raise NtspkiError(f"{source} names no certificate to issue", 2)
+    return out
+
+
+def _check_options(key_type: str, days: int) -> None:
+    if days < 1:
+        raise NtspkiError("--days must be at least 1", 2)
+    if key_type not in keys.KEY_TYPES:
+        raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
+
+
+@dataclass
+class _Built:
+    """A new certificate, validated and ready to write."""
+
+    lineage: str
+    key_pem: bytes
+    cert_pem: bytes
+    info: pki.CertInfo
+
+
+def _build(ca: ca_mod.CA, req: Request, key_type: str, days: int) -> _Built:
+    lineage = req.lineage
+    sans = req.general_names
+    key = keys.generate(key_type)
+    cert = pki.make_leaf(key, ca.intermediate, ca.intermediate_key, sans, days)
+    # Nothing is written unless the chain verifies for every name and the key is the cert's.
+    pki.verify_chain([ca.root], [cert, ca.intermediate], sans)
+    if not keys.key_matches_cert(key, cert):
+        raise NtspkiError("internal error: the new key does not match the new certificate")
+    return _Built(lineage, keys.private_pem(key), pki.cert_pem(cert), pki.CertInfo.of(cert))
+
+
+def _write(home: Home, ca: ca_mod.CA, built: _Built, key_type: str, days: int, durable: bool) -> Issued:
+    """Version, renewal parameters and ledger row for one certificate (caller holds the lock)."""
+    lineage, info = built.lineage, built.info
+    version = home.write_version(lineage, built.key_pem, built.cert_pem, ca.chain_pem, durable)
+    home.write_renewal(lineage, {"source": "internal", "sans": info.sans, "key_type": key_type, "days": days}, durable)
+    home.ledger.record(lineage, version, info, key_type, "internal")
+    return Issued(
+        lineage, version, info.sans, info.serial, info.sha256, info.not_after, key_type, str(home.live / lineage)
+    )
+
+
+def issue(
+    home: Home,
+    name: str,
+    sans: list[str] = (),
+    key_type: str = keys.DEFAULT_KEY_TYPE,
+    days: int = pki.LEAF_DAYS,
+) -> Issued:
+    _check_options(key_type, days)
+    req = Request(name, list(sans))
+    _ = req.general_names  # validate names before anything else
+    ca = ca_mod.load(home)
+    built = _build(ca, req, key_type, days)
+    home.ensure()
+    with home.lock():
+        return _write(home, ca, built, key_type, days, durable=True)
+
+
+def issue_many(
+    home: Home,
+    requests: list[Request],
+    key_type: str = keys.DEFAULT_KEY_TYPE,
+    days: int = pki.LEAF_DAYS,
+    progress=None,
+) -> list[Issued]:
+    """A fleet in one process and one lock; durable on return (one file-system sync).
+
+    Every certificate is made and validated before the first one is written, so a bad request
+    (say, a name outside the CA's name constraints) issues nothing and names its line.
+    Each ledger row commits right after its lineage's files, so a batch killed half-way leaves a
+    ledger that matches what it wrote. Sequential on purpose: the time goes into file-system
+    metadata calls, and writer threads only fought over the GIL."""
+    _check_options(key_type, days)
+    ca = ca_mod.load(home)
+    built = []
+    for req in requests:
+        try:
+            built.append(_build(ca, req, key_type, days))
+        except NtspkiError as e:
+            raise NtspkiError(f"{req.origin}: {e}" if req.origin else str(e), e.exit_code)
+        if progress:
+            progress(1)
+    home.ensure()
+    with home.lock():
+        try:
+            return [_write(home, ca, b, key_type, days, durable=False) for b in built]
+        finally:
+            home.sync()
+
+
+def read_batch_file(path: str) -> list[Request]:
+    try:
+        text = Path(path).read_text() if path != "-" else sys.stdin.read()
+    except OSError as e:
+        raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
+    return parse_batch(text, path)

@@ -1,0 +1,392 @@
+"""`probe`: what a real NTS client does, step by step, with one clear line for whatever fails.
+
+NTS-KE over TLS 1.3 (ALPN ntske/1), the certificate checked the way chrony (GnuTLS) checks it,
+then one authenticated NTP exchange with the exported keys and a received cookie.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+import ssl
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ntspki.errors import NtspkiError
+from ntspki.pki import names
+
+DEFAULT_PORT = 4460
+
+
+@dataclass
+class ProbeResult:
+    target: str
+    host: str
+    port: int
+    ok: bool = False
+    error: str | None = None
+    tls_version: str | None = None
+    alpn: str | None = None
+    chain: list[dict] = field(default_factory=list)
+    aead: int | None = None
+    cookies: int = 0
+    ntp_server: str | None = None
+    ntp_port: int | None = None
+    authenticated: bool = False
+    stratum: int | None = None
+    offset_s: float | None = None
+    delay_s: float | None = None
+    warnings: list[str] = field(default_factory=list)
+    # Beyond the API the deploy step relies on:
+    name: str | None = None  # the name checked against the certificate
+    stage: str | None = None  # where it failed: connect, tls, verify, ntske, ntp, expect
+    verified: bool = False  # chain and name verified
+    leap: int | None = None
+    reference_id: str | None = None
+    new_cookies: int | None = None  # cookies in the authenticated NTP reply
+    days_left: int | None = None  # of the served leaf
+    elapsed_s: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def sha256(self) -> str | None:
+        return self.chain[0]["sha256"] if self.chain else None
+
+
+# ---- targets ----------------------------------------------------------------------------------
+
+
+def parse_target(target: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """HOST, HOST:PORT, [IPv6]:PORT, [IPv6] or a bare IPv6 literal -> (host, port)."""
+    text = target.strip()
+    if not text:
+        raise NtspkiError("empty target", 2)
+    host, port = text, None
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise NtspkiError(f"bad target {target!r}: missing ']'", 2)
+        host, rest = text[1:end], text[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise NtspkiError(f"bad target {target!r}: expected ':PORT' after ']'", 2)
+            port = rest[1:]
+        if names.parse_ip(host) is None or ":" not in host:
+            raise NtspkiError(f"bad target {target!r}: brackets hold only IPv6 addresses", 2)
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    elif text.count(":") > 1 and names.parse_ip(text) is None:
+        raise NtspkiError(f"bad target {target!r}: write an IPv6 address with a port as [ADDRESS]:PORT", 2)
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise NtspkiError(f"bad target {target!r}: port must be 1-65535", 2)
+        port = int(port)
+    if names.parse_ip(host) is None:
+        if not host:
+            raise NtspkiError(f"bad target {target!r}: no host", 2)
+        names.normalize_dns_name(host)  # raises a one-line BadName (exit 2)
+    return host, port or default_port
+
+
+def read_targets(path: str) -> list[str]:
+    """One target a line; blank lines and `#` comments are ignored."""
+    import sys
+
+    try:
+        text = sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as e:
+        raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
+    except UnicodeDecodeError:
+        raise NtspkiError(f"{path} is not a text file", 2)
+    return [t for line in text.splitlines() for t in line.split("#", 1)[0].split()]
+
+
+# ---- trust and chrony-style certificate checks ---------------------------------------------------
+
+_trust_cache: dict[tuple, object] = {}
+_trust_lock = threading.Lock()
+
+
+def trust_store(ca_files=(), system: bool | None = None):
+    """An OpenSSL X509Store with the --ca files, else (or also, with system=True) the system store.
+    Cached: probe_many and the benchmark verify hundreds of chains against the same roots."""
+    from OpenSSL import crypto
+
+    files = tuple(str(p) for p in ca_files)
+    system = not files if system is None else system
+    # Keyed on each file's identity too: a long-running `ntspki watch` must see a replaced CA file.
+    key = (tuple((f, *_identity(f)) for f in files), system)
+    with _trust_lock:
+        if key in _trust_cache:
+            return _trust_cache[key]
+        store = crypto.X509Store()
+        # GnuTLS (chrony) accepts a chain that ends at ANY trusted certificate, root or not.
+        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
+        for path in files:
+            _load_ca_file(store, path)
+        if system:
+            paths = ssl.get_default_verify_paths()
+            if not (paths.cafile or paths.capath):
+                raise NtspkiError(f"no system trust store ({paths.openssl_cafile} is missing): use --ca FILE")
+            try:
+                store.load_locations(paths.cafile, paths.capath)
+            except Exception as e:
+                raise NtspkiError(f"cannot load the system trust store ({paths.cafile}): {e}; use --ca FILE")
+        if len(_trust_cache) > 32:
+            _trust_cache.clear()
+        _trust_cache[key] = store
+        return store
+
+
+def _identity(path: str) -> tuple:
+    try:
+        st = os.stat(path)
+        return st.st_ino, st.st_size, st.st_mtime_ns
+    except OSError:
+        return (None,)
+
+
+def _load_ca_file(store, path: str) -> None:
+    from cryptography import x509
+    from OpenSSL import crypto
+
+    if Path(path).is_dir():
+        # As chrony's ntstrustedcerts does with a directory: every *.crt file in it.
+        for crt in sorted(Path(path).glob("*.crt")):
+            _load_ca_file(store, str(crt))
+        return
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise NtspkiError(f"cannot read CA file {path}: {e.strerror}", 2)
+    try:
+        certs = x509.load_pem_x509_certificates(data)
+    except ValueError:
+        raise NtspkiError(f"CA file {path} holds no PEM certificate", 2)
+    for cert in certs:
+        store.add_cert(crypto.X509.from_cryptography(cert))
+
+
+def verify_chain(store, chain: list) -> str | None:
+    """None if `chain` (leaf first, as sent) leads to a trusted certificate, else why not."""
+    from OpenSSL import crypto
+
+    if not chain:
+        return "the server sent no certificate"
+    leaf = crypto.X509.from_cryptography(chain[0])
+    rest = [crypto.X509.from_cryptography(c) for c in chain[1:]]
+    try:
+        crypto.X509StoreContext(store, leaf, rest).verify_certificate()
+    except crypto.X509StoreContextError as e:
+        reason = e.args[0] if e.args else str(e)
+        who = e.certificate.to_cryptography().subject.rfc4514_string() if e.certificate else "?"
+        hint = ""
+        if "local issuer" in reason or "unable to get issuer" in reason:
+            hint = (
+                " (chrony: 'The certificate issuer is unknown.'; the server must send its intermediates "
+                "and the client must trust the root)"
+            )
+        return f"certificate verify failed: {reason} ({who}){hint}"
+    return None
+
+
+def name_error(cert, name: str) -> str | None:
+    """chrony's (GnuTLS's) rule: an IP address must be an IP SAN, a host name a DNS SAN (wildcards
+    as a whole left-most label); no fallback to the CN. None when the name matches."""
+    from cryptography import x509
+
+    from ntspki import pki
+
+    sans = pki.sans_of(cert)
+    ip = names.parse_ip(name)
+    listed = ", ".join(pki.san_strings(cert)) or "none"
+    if ip is not None:
+        if any(isinstance(g, x509.IPAddress) and g.value == ip for g in sans):
+            return None
+        return (
+            f"the name in the certificate does not match: {ip} is not an IP SAN "
+            f"(an address needs an IP SAN; names: {listed})"
+        )
+    wanted = name.rstrip(".").lower()
+    for g in sans:
+        if isinstance(g, x509.DNSName) and _dns_match(g.value.lower(), wanted):
+            return None
+    return f"the name in the certificate does not match: {wanted} is not a DNS SAN (names: {listed})"
+
+
+def _dns_match(pattern: str, name: str) -> bool:
+    if pattern == name:
+        return True
+    if pattern.startswith("*.") and "." in name:
+        head, rest = name.split(".", 1)
+        return bool(head) and rest == pattern[2:]
+    return False
+
+
+def eku_error(cert) -> str | None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if ExtendedKeyUsageOID.SERVER_AUTH in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
+        return None
+    return "the certificate is not for TLS servers (extendedKeyUsage lacks serverAuth)"
+
+
+def cert_dict(cert) -> dict:
+    from ntspki import pki
+
+    return asdict(pki.CertInfo.of(cert))
+
+
+def days_left(cert) -> int:
+    return (cert.not_valid_after_utc - dt.datetime.now(dt.UTC)).days
+
+
+def _norm_hex(value: str) -> str:
+    return value.replace(":", "").replace(" ", "").lower().lstrip("0") or "0"
+
+
+# ---- the probe --------------------------------------------------------------------------------
+
+
+def probe(
+    target: str,
+    *,
+    ca_files=(),
+    name: str | None = None,
+    timeout: float = 5.0,
+    expect_fingerprint: str | None = None,
+    expect_serial: str | None = None,
+    warn_days: int | None = None,
+    ntp: bool = True,
+    default_port: int = DEFAULT_PORT,
+    trust=None,
+) -> ProbeResult:
+    """Probe one NTS server. Never raises for anything the server does (a bad target or CA file
+    given by the user does raise NtspkiError)."""
+    from ntspki.nts import ntske
+
+    host, port = parse_target(target, default_port)
+    check_name = name or host
+    result = ProbeResult(target=target, host=host, port=port, name=check_name)
+    store = trust if trust is not None else trust_store(ca_files)
+    started = time.monotonic()
+    sni = None if names.is_ip(check_name) else check_name.rstrip(".")
+    try:
+        with ntske.KeClient(host, port, sni, timeout) as client:
+            client.connect()
+            session = client.handshake()
+            result.tls_version, result.alpn = session.tls_version, session.alpn
+            result.chain = [cert_dict(c) for c in session.chain]
+            if session.chain:
+                result.days_left = days_left(session.chain[0])
+            client.check_protocol()
+            problem = (
+                verify_chain(store, session.chain)
+                or name_error(session.chain[0], check_name)
+                or eku_error(session.chain[0])
+            )
+            if problem:
+                raise ntske.ProtocolError("verify", problem)
+            result.verified = True
+            resp = client.exchange()
+            result.aead, result.cookies = resp.aead, len(resp.cookies)
+            result.ntp_server = resp.server or session.peer[0]
+            result.ntp_port = resp.port or ntske.NTP_PORT
+            c2s, s2c = session.c2s, session.s2c
+        if ntp:
+            request, reply = ntske.ntp_exchange(result.ntp_server, result.ntp_port, c2s, s2c, resp.cookies[0], timeout)
+            result.authenticated = True
+            result.stratum, result.leap = reply.stratum, reply.leap
+            result.reference_id = _refid(reply.refid, reply.stratum)
+            result.new_cookies = len(reply.cookies)
+            result.offset_s, result.delay_s = reply.offset_delay(request.t1)
+            if reply.leap == 3:
+                result.warnings.append("server is not synchronised (leap indicator 3)")
+            if not reply.cookies:
+                result.warnings.append("authenticated reply carried no new cookie")
+        result.ok = True
+    except ntske.ProtocolError as e:
+        result.stage, result.error = e.stage, _one_line(str(e))
+    except Exception as e:  # a bug or an OpenSSL surprise must still be one line, not a traceback
+        result.stage = result.stage or "internal"
+        result.error = _one_line(f"unexpected error: {type(e).__name__}: {e}")
+    _expectations(result, expect_fingerprint, expect_serial, warn_days)
+    result.elapsed_s = round(time.monotonic() - started, 6)
+    return result
+
+
+def _expectations(result: ProbeResult, fingerprint, serial, warn_days) -> None:
+    leaf = result.chain[0] if result.chain else None
+    if leaf is None:
+        return
+    if warn_days is not None and result.days_left is not None and result.days_left < warn_days:
+        result.warnings.append(f"certificate expires in {result.days_left} days ({leaf['not_after'][:10]})")
+    failures = []
+    if fingerprint and _norm_hex(fingerprint) != _norm_hex(leaf["sha256"]):
+        failures.append(f"served certificate has SHA-256 {leaf['sha256']}, expected {fingerprint.lower()}")
+    if serial and _norm_hex(serial) != _norm_hex(leaf["serial"]):
+        failures.append(f"served certificate has serial {leaf['serial']}, expected {serial.lower()}")
+    if failures and result.ok:
+        result.ok, result.stage, result.error = False, "expect", "; ".join(failures)
+    elif failures:
+        result.warnings.extend(failures)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _refid(refid: bytes, stratum: int) -> str:
+    if stratum <= 1:
+        return refid.decode("ascii", "replace").rstrip("\x00")
+    return str(ipaddress.IPv4Address(refid))
+
+
+def probe_many(targets: list[str], *, concurrency: int = 16, progress=None, **kw) -> list[ProbeResult]:
+    """Probe every target, at most `concurrency` at a time; results in the order of `targets`.
+    `progress` (optional) is called once per finished probe."""
+    if concurrency < 1:
+        raise NtspkiError("concurrency must be at least 1", 2)
+    for t in targets:
+        parse_target(t, kw.get("default_port", DEFAULT_PORT))  # bad input fails before any probe
+    if "trust" not in kw:
+        kw["trust"] = trust_store(kw.pop("ca_files", ()))
+
+    def one(t):
+        r = probe(t, **kw)
+        if progress:
+            progress(r)
+        return r
+
+    if len(targets) <= 1:
+        return [one(t) for t in targets]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(targets))) as pool:
+        return list(pool.map(one, targets))
+
+
+def served_fingerprint(host: str, port: int = 4460, name: str | None = None, timeout: float = 5.0) -> str:
+    """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1): probe's
+    handshake without its chain and name checks, since the fingerprint pins the exact certificate.
+    Raises ntske.ProtocolError when there is no such handshake."""
+    from ntspki import pki
+    from ntspki.nts import ntske
+
+    sni = name if name and not names.is_ip(name) else None
+    with ntske.KeClient(host, port, sni, timeout) as client:
+        client.connect()
+        session = client.handshake()
+        client.check_protocol()
+    if not session.chain:
+        raise ntske.ProtocolError("tls", "the server sent no certificate")
+    return pki.fingerprint(session.chain[0])

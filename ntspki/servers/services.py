@@ -1,0 +1,178 @@
+"""How each NTS server picks up a new key and certificate.
+
+    chrony   never re-reads its files: restart (`systemctl restart chrony`). SIGHUP makes it exit.
+    ntpsec   re-reads when the cert file changed, on SIGHUP: write key, then cert, then HUP.
+    ntpd-rs  reads once at start: restart.
+
+A `Service` says what to do; `action_command` turns that into the argv that does it on this host:
+the configured command (any argv, e.g. `docker restart ntp`) or `systemctl` on the unit that exists.
+Everything else (writing files, probing, rolling back) is the same for every server.
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from ntspki.errors import NtspkiError
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    action: str  # "restart" or "reload" (SIGHUP)
+    units: tuple[str, ...]  # systemd units, the first that exists is used
+    users: tuple[str, ...]  # the unprivileged user the server reads its files as
+    key_types: tuple[str, ...]  # key types (ntspki.pki.keys.key_type_of) the server loads
+    conf_files: tuple[str, ...] = ()
+    default_dir: str = "/etc/chrony/nts"  # where the default destinations go
+
+    def user(self) -> str:
+        """The first of `users` that exists on this host (`_chrony` on Debian, `chrony` on RHEL);
+        root when none does."""
+        for user in self.users:
+            try:
+                pwd.getpwnam(user)
+                return user
+            except KeyError:
+                continue
+        return "root"
+
+    def group(self) -> str:
+        """The run user's primary group, so the key can be root:GROUP 0640."""
+        try:
+            return grp.getgrgid(pwd.getpwnam(self.user()).pw_gid).gr_name
+        except KeyError:
+            return "root"
+
+    def conf_file(self) -> Path | None:
+        return next((Path(p) for p in self.conf_files if Path(p).exists()), None)
+
+
+# The key types each server is known to load (chrony: seen with GnuTLS; ntpd-rs: rustls).
+_COMMON_KEYS = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
+
+SERVICES = {
+    # Debian's AppArmor profile and the upstream unit let chronyd read /etc/chrony/**.
+    "chrony": Service(
+        "chrony",
+        "restart",
+        ("chrony.service", "chronyd.service"),
+        ("_chrony", "chrony"),
+        _COMMON_KEYS,
+        ("/etc/chrony/chrony.conf", "/etc/chrony.conf"),
+        "/etc/chrony/nts",
+    ),
+    "ntpsec": Service(
+        "ntpsec",
+        "reload",
+        ("ntpsec.service", "ntpd.service"),
+        ("ntpsec", "ntp"),
+        _COMMON_KEYS,
+        ("/etc/ntpsec/ntp.conf", "/etc/ntp.conf"),
+        "/etc/ntpsec/nts",
+    ),
+    "ntpd-rs": Service(
+        "ntpd-rs",
+        "restart",
+        ("ntpd-rs.service",),
+        ("ntpd-rs",),
+        _COMMON_KEYS,
+        ("/etc/ntpd-rs/ntp.toml",),
+        "/etc/ntpd-rs/nts",
+    ),
+}
+
+
+def get(name: str) -> Service:
+    try:
+        return SERVICES[name]
+    except KeyError:
+        raise NtspkiError(f"unknown service {name!r} (choose from {', '.join(SERVICES)})", 2)
+
+
+def parse_command(value) -> list[str] | None:
+    """A command from the config: a list (argv) or a string (split like a shell would, no shell)."""
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, str):
+        try:
+            argv = shlex.split(value)
+        except ValueError as e:
+            raise NtspkiError(f"cannot parse command {value!r}: {e}", 2)
+    elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+        argv = list(value)
+    else:
+        raise NtspkiError(f"a command must be a string or a list of strings, not {value!r}", 2)
+    return argv or None
+
+
+def systemd_unit(service: Service) -> str:
+    """The first of the service's units that systemd knows (LoadState=loaded)."""
+    if shutil.which("systemctl") is None:
+        raise NtspkiError(
+            f"no systemctl here: set restart_command for the {service.name} target (e.g. `docker restart ntp`)"
+        )
+    for unit in service.units:
+        try:
+            out = subprocess.run(
+                ["systemctl", "show", "--property=LoadState", "--value", unit],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+        except (OSError, subprocess.SubprocessError) as e:
+            raise NtspkiError(f"systemctl failed: {e}")
+        if out.returncode == 0 and out.stdout.strip() == "loaded":
+            return unit
+    raise NtspkiError(
+        f"none of the systemd units {', '.join(service.units)} exists: "
+        f"set restart_command for the {service.name} target"
+    )
+
+
+def action_command(service: Service, configured: list[str] | None) -> list[str]:
+    """The argv that makes `service` load its new files."""
+    if configured:
+        return configured
+    unit = systemd_unit(service)
+    if service.action == "reload":
+        return ["systemctl", "kill", "--signal=HUP", "--kill-who=main", unit]
+    return ["systemctl", "restart", unit]
+
+
+def run_action(argv: list[str], timeout: float = 120.0) -> tuple[bool, str]:
+    """Run it; (succeeded, what it printed or why it failed)."""
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+    except FileNotFoundError:
+        return False, f"{argv[0]}: command not found"
+    except subprocess.TimeoutExpired:
+        return False, f"timed out after {timeout:.0f} s"
+    except OSError as e:
+        return False, f"{argv[0]}: {e.strerror or e}"
+    out = (proc.stdout + proc.stderr).strip()
+    if proc.returncode != 0:
+        return False, f"exit status {proc.returncode}" + (f": {out[-500:]}" if out else "")
+    return True, out[-500:]
+
+
+# ---- what chrony's configuration says (ntsdumpdir, ntsport) ------------------------------------
+
+
+def chrony_conf_facts(conf: Path | None) -> dict:
+    """{'readable', 'ntsdumpdir', 'ntsport'} from chrony.conf and what it includes."""
+    from ntspki.servers import chronyconf
+
+    if conf is None or not Path(conf).is_file():
+        return {"readable": False, "ntsdumpdir": None, "ntsport": 4460}
+    try:
+        parsed = chronyconf.parse(conf)
+    except NtspkiError:
+        return {"readable": False, "ntsdumpdir": None, "ntsport": 4460}
+    return {"readable": True, "ntsdumpdir": parsed.value("ntsdumpdir"), "ntsport": parsed.ntsport()}
