@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import josepy as jose
@@ -124,7 +125,7 @@ class _Network(client.ClientNetwork):
                 raise
 
 
-def _one_line(text: str) -> str:
+def _one_line(text: object) -> str:
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
 
 
@@ -218,7 +219,7 @@ class Connection:
         # or its own store (what Let's Encrypt needs).
         self.net = _Network(
             alg=jose.ES256,
-            verify_ssl=str(ca_bundle) if ca_bundle else True,
+            verify_ssl=str(ca_bundle) if ca_bundle else True,  # type: ignore[arg-type]  # requests takes a path
             user_agent=USER_AGENT,
             timeout=NETWORK_TIMEOUT,
         )
@@ -258,7 +259,7 @@ class Account:
     contact: list[str]
     created: str
     path: str
-    key: object = field(repr=False, default=None)  # josepy JWK
+    key: Any = field(repr=False, default=None)  # josepy JWK
     new: bool = False
 
     def to_dict(self) -> dict:
@@ -334,7 +335,7 @@ def register(
     conn.net.account = None
     eab = None
     if eab_kid:
-        if not re.fullmatch(r"[A-Za-z0-9_-]{16,}={0,2}", eab_hmac_key):
+        if not eab_hmac_key or not re.fullmatch(r"[A-Za-z0-9_-]{16,}={0,2}", eab_hmac_key):
             raise NtspkiError("bad --eab-hmac-key: expected the base64url HMAC key your CA gave you", 2)
         try:
             eab = messages.ExternalAccountBinding.from_data(key.public_key(), eab_kid, eab_hmac_key, conn.directory)
@@ -462,7 +463,8 @@ class _ChallengeHandler(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         prefix = "/.well-known/acme-challenge/"
-        body = self.server.tokens.get(self.path[len(prefix) :]) if self.path.startswith(prefix) else None
+        tokens = self.server.tokens  # type: ignore[attr-defined]  # set by _ChallengeServer
+        body = tokens.get(self.path[len(prefix) :]) if self.path.startswith(prefix) else None
         if body is None:
             self.send_error(404)
             return
@@ -502,7 +504,7 @@ class _Solver:
         self.ch = ch
         self.progress = progress
         self.tokens: dict[str, str] = {}
-        self.server = None
+        self.server: _ChallengeServer | None = None
         self.webroot_files: list[Path] = []
         self.webroot_dirs: list[Path] = []
         self.txt_set: list[tuple[str, str, str]] = []
@@ -543,6 +545,7 @@ class _Solver:
                     f"cannot listen on {where} for http-01: {e.strerror or e} "
                     "(is a web server running there? use --webroot DIR, or --http-port)"
                 )
+            assert self.server is not None
             threading.Thread(target=self.server.serve_forever, name="acme-http-01", daemon=True).start()
             self.progress(f"answering http-01 on {where}")
         if self.txt_set and self.ch.dns_wait:
@@ -550,7 +553,7 @@ class _Solver:
             time.sleep(self.ch.dns_wait)
 
     def _webroot_put(self, token: str, validation: str) -> None:
-        d = Path(self.ch.webroot) / ".well-known" / "acme-challenge"
+        d = Path(self.ch.webroot or ".") / ".well-known" / "acme-challenge"
         for parent in (d.parent, d):
             if not parent.exists():
                 try:
@@ -579,7 +582,7 @@ class _Solver:
         }
         try:
             proc = subprocess.run(
-                [self.ch.dns_hook, action, txt_name, value],
+                [str(self.ch.dns_hook), action, txt_name, value],
                 env=env,
                 capture_output=True,
                 text=True,
@@ -801,6 +804,8 @@ def obtain(
                 response = conn.client._post(conn.directory["newOrder"], order)
             body = messages.Order.from_json(response.json())
             order_url = response.headers.get("Location")
+            if not order_url:
+                raise NtspkiError(f"the CA at {urlsplit(spec.directory).netloc} made an order without a Location")
             pending = []
             for url in body.authorizations:
                 authzr = messages.AuthorizationResource(

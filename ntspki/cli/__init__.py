@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import sys
+from typing import Any
 
 import click
 
@@ -81,10 +82,10 @@ class _NoBar:
         pass
 
 
-def progress(length: int, label: str):
+def progress(length: int, label: str) -> Any:
     """A progress bar on stderr when it is a terminal; else nothing (click would still print the
     label, which breaks one-line errors and logs)."""
-    stderr = click.get_text_stream("stderr")
+    stderr = sys.stderr
     if not stderr.isatty():
         return _NoBar()
     return click.progressbar(length=length, label=label, file=stderr, show_pos=True)

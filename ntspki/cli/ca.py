@@ -111,7 +111,7 @@ def show(ctx, as_json):
 
     home = get_home(ctx)
     made = ca_mod.load(home)
-    info = {
+    info: dict = {
         "home": str(home.path),
         "root": asdict(pki.CertInfo.of(made.root)),
         "intermediate": asdict(pki.CertInfo.of(made.intermediate)),

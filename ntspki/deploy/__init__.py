@@ -385,6 +385,7 @@ def _pinned_once(target: Target, fingerprint: str, name: str, timeout: float) ->
     from ntspki.nts.ntske import ProtocolError
     from ntspki.nts.probe import parse_target, served_fingerprint
 
+    assert target.probe is not None  # only called for targets that probe
     host, port = parse_target(target.probe)
     try:
         served = served_fingerprint(host, port, name, timeout)
@@ -400,6 +401,7 @@ def _probe_once(target: Target, fingerprint: str, name: str, timeout: float = 3.
     (passed, sha256 of the served leaf or None, what was seen)."""
     from ntspki.nts.probe import probe
 
+    assert target.probe is not None  # only called for targets that probe
     res = probe(
         target.probe,
         ca_files=tuple(str(c) for c in target.ca),

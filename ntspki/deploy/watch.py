@@ -22,10 +22,14 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ntspki import deploy as engine
 from ntspki.deploy.deployconfig import Target
 from ntspki.errors import NtspkiError
+
+if TYPE_CHECKING:  # watchdog is heavy: imported only when a watcher starts
+    from watchdog.observers.api import BaseObserver
 
 log = logging.getLogger("ntspki.deploy.watch")
 
@@ -81,7 +85,7 @@ class Watcher:
         self.wake = threading.Event()
         self.stopping = False
         self.reload_requested = False
-        self.observer = None
+        self.observer: BaseObserver | None = None
         self.watched: set[Path] = set()
 
     # -- events -----------------------------------------------------------------------------
@@ -118,13 +122,13 @@ class Watcher:
         if self.poll:
             from watchdog.observers.polling import PollingObserver
 
-            observer = PollingObserver(timeout=self.poll_interval)
+            observer: BaseObserver = PollingObserver(timeout=self.poll_interval)
         else:
             from watchdog.observers import Observer
 
             observer = Observer()
         handler = FileSystemEventHandler()
-        handler.on_any_event = self._on_event
+        handler.on_any_event = self._on_event  # type: ignore[method-assign]
         for d in sorted(dirs):
             observer.schedule(handler, str(d), recursive=False)
         observer.start()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -59,8 +60,8 @@ def create(
     passphrase: bytes | None = None,
     root_days: int = pki.ROOT_DAYS,
     intermediate_days: int = pki.INTERMEDIATE_DAYS,
-    permit_dns: list[str] = (),
-    permit_ip: list[str] = (),
+    permit_dns: Sequence[str] = (),
+    permit_ip: Sequence[str] = (),
     force: bool = False,
     name: str = "ntspki",
 ) -> CA:
@@ -107,8 +108,8 @@ def new_intermediate(
     home: Home,
     passphrase: bytes | None,
     intermediate_days: int = pki.INTERMEDIATE_DAYS,
-    permit_dns: list[str] = (),
-    permit_ip: list[str] = (),
+    permit_dns: Sequence[str] = (),
+    permit_ip: Sequence[str] = (),
     key_type: str | None = None,
 ) -> CA:
     """A fresh intermediate signed by the existing root (needs the root passphrase)."""
@@ -116,7 +117,7 @@ def new_intermediate(
     root_key = keys.load_private_pem((home.private_dir / "root.key").read_bytes(), passphrase, what="root CA key")
     with home.lock():
         key = keys.generate(key_type or keys.key_type_of(ca.intermediate_key))
-        cn = ca.intermediate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value
+        cn = str(ca.intermediate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
         inter = pki.make_intermediate(key, ca.root, root_key, cn, intermediate_days, permit_dns, permit_ip)
         # The old pair stays in place (and is kept as *.old) until each new file replaces it in
         # one rename: a crash never leaves the CA without an intermediate.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from functools import cached_property
 from pathlib import Path
@@ -110,7 +111,7 @@ def _write(home: Home, ca: ca_mod.CA, built: _Built, key_type: str, days: int, d
 def issue(
     home: Home,
     name: str,
-    sans: list[str] = (),
+    sans: Sequence[str] = (),
     key_type: str = keys.DEFAULT_KEY_TYPE,
     days: int = pki.LEAF_DAYS,
 ) -> Issued:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -101,7 +102,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def select(home: Home, names: list[str] = ()) -> list[str]:
+def select(home: Home, names: Sequence[str] = ()) -> list[str]:
     """The lineages to look at: the ones named (each must exist), else every lineage."""
     if not names:
         return home.lineage_names()
@@ -216,7 +217,7 @@ def _renew_one(home: Home, p: Plan, progress) -> Outcome:
 
 def renew(
     home: Home,
-    names: list[str] = (),
+    names: Sequence[str] = (),
     force: bool = False,
     dry_run: bool = False,
     deploy: bool = True,

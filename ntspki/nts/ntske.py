@@ -132,17 +132,17 @@ def interpret_response(records: list[Record], offered_aeads=(AEAD_AES_SIV_CMAC_2
         if rec.type == END_OF_MESSAGE:
             break
         if rec.type == ERROR:
-            code = _u16_list(rec, name)
-            code = code[0] if len(code) == 1 else None
+            codes = _u16_list(rec, name)
+            code = codes[0] if len(codes) == 1 else None
             raise ProtocolError(
-                "ntske", f"server sent an Error record: {ERROR_CODES.get(code, 'unknown error')} (code {code})"
+                "ntske", f"server sent an Error record: {ERROR_CODES.get(code or -1, 'unknown error')} (code {code})"
             )
         if rec.type == WARNING:
             # No warning codes are defined: a client must treat any warning it does not know as fatal.
-            code = _u16_list(rec, name)
+            warnings = _u16_list(rec, name)
             raise ProtocolError(
                 "ntske",
-                f"server sent a Warning record (code {code[0] if code else '?'}); "
+                f"server sent a Warning record (code {warnings[0] if warnings else '?'}); "
                 "no warning is defined, so the exchange is aborted",
             )
         if rec.type == NEXT_PROTOCOL:
@@ -227,17 +227,29 @@ class KeClient:
             raise ProtocolError(self.stage, f"timed out after {self.timeout:g} s {doing}")
         return left
 
+    @property
+    def _tcp(self) -> socket.socket:
+        if self.sock is None:
+            raise ProtocolError(self.stage, "not connected")
+        return self.sock
+
+    @property
+    def _tls(self) -> SSL.Connection:
+        if self.conn is None:
+            raise ProtocolError(self.stage, "no TLS session")
+        return self.conn
+
     def close(self) -> None:
         if self.sock is None:
             return
         if self.session.response is not None:
             try:  # a polite close_notify, best effort: never wait for it
-                self.conn.shutdown()
-                self.sock.setblocking(False)
-                self.sock.send(self.conn.bio_read(65536))
+                self._tls.shutdown()
+                self._tcp.setblocking(False)
+                self._tcp.send(self._tls.bio_read(65536))
             except (SSL.Error, OSError):
                 pass
-        self.sock.close()
+        self._tcp.close()
         self.sock = None
 
     def __enter__(self):
@@ -277,14 +289,14 @@ class KeClient:
     def _flush(self) -> None:
         while True:
             try:
-                data = self.conn.bio_read(65536)
+                data = self._tls.bio_read(65536)
             except SSL.WantReadError:
                 return
             if not data:
                 return
             try:
-                self.sock.settimeout(self._remaining("sending"))
-                self.sock.sendall(data)
+                self._tcp.settimeout(self._remaining("sending"))
+                self._tcp.sendall(data)
             except TimeoutError:
                 raise ProtocolError(self.stage, f"timed out after {self.timeout:g} s sending")
             except OSError as e:
@@ -294,8 +306,8 @@ class KeClient:
         """Feed the next bytes from the socket to OpenSSL; False at end of stream."""
         stage = self.stage
         try:
-            self.sock.settimeout(self._remaining(doing))
-            data = self.sock.recv(65536)
+            self._tcp.settimeout(self._remaining(doing))
+            data = self._tcp.recv(65536)
         except TimeoutError:
             raise ProtocolError(stage, f"timed out after {self.timeout:g} s {doing}")
         except ConnectionResetError:
@@ -304,9 +316,9 @@ class KeClient:
         except OSError as e:
             raise ProtocolError(stage, f"connection error {doing}: {e.strerror or e}")
         if not data:
-            self.conn.bio_shutdown()
+            self._tls.bio_shutdown()
             return False
-        self.conn.bio_write(data)
+        self._tls.bio_write(data)
         return True
 
     def handshake(self) -> KeSession:
@@ -317,13 +329,13 @@ class KeClient:
         ctx.set_alpn_protos([ALPN])
         ctx.set_verify(SSL.VERIFY_NONE)  # the caller verifies the chain and name, chrony's way
         self.conn = SSL.Connection(ctx, None)
-        self.conn.set_connect_state()
+        self._tls.set_connect_state()
         if self.sni:
-            self.conn.set_tlsext_host_name(self.sni.encode("idna"))
+            self._tls.set_tlsext_host_name(self.sni.encode("idna"))
         doing = "in the TLS handshake"
         while True:
             try:
-                self.conn.do_handshake()
+                self._tls.do_handshake()
                 break
             except SSL.WantReadError:
                 self._flush()
@@ -337,10 +349,10 @@ class KeClient:
                 raise ProtocolError("tls", _tls_error(e))
         self._flush()
         s = self.session
-        s.tls_version = self.conn.get_protocol_version_name()
-        alpn = self.conn.get_alpn_proto_negotiated()
+        s.tls_version = self._tls.get_protocol_version_name()
+        alpn = self._tls.get_alpn_proto_negotiated()
         s.alpn = alpn.decode("ascii", "replace") if alpn else None
-        s.chain = self.conn.get_peer_cert_chain(as_cryptography=True) or []
+        s.chain = self._tls.get_peer_cert_chain(as_cryptography=True) or []
         return s
 
     def check_protocol(self) -> None:
@@ -354,15 +366,16 @@ class KeClient:
     def exchange(self, aeads=(AEAD_AES_SIV_CMAC_256,)) -> KeResponse:
         self.stage = "ntske"
         try:
-            self.conn.sendall(build_request(aeads))
+            self._tls.sendall(build_request(aeads))
         except SSL.Error as e:
             raise ProtocolError("ntske", f"cannot send the NTS-KE request: {_tls_error(e)}")
         self._flush()
-        buf, records, total = b"", [], 0
+        buf, total = b"", 0
+        records: list[Record] = []
         doing = "waiting for the NTS-KE response"
         while not records or records[-1].type != END_OF_MESSAGE:
             try:
-                data = self.conn.recv(65536)
+                data = self._tls.recv(65536)
             except SSL.WantReadError:
                 self._flush()
                 if not self._fill(doing):
@@ -391,7 +404,8 @@ class KeClient:
                     break  # whatever follows End of Message is ignored
         resp = interpret_response(records, aeads)
         self.session.response = resp
-        self.session.c2s, self.session.s2c = export_keys(self.conn, resp.aead)
+        assert resp.aead is not None  # interpret_response refuses a response without one
+        self.session.c2s, self.session.s2c = export_keys(self._tls, resp.aead)
         return resp
 
 

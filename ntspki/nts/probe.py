@@ -55,8 +55,9 @@ class ProbeResult:
         return asdict(self)
 
     @property
-    def sha256(self) -> str | None:
-        return self.chain[0]["sha256"] if self.chain else None
+    def sha256(self) -> str:
+        """The served leaf's SHA-256, or "" when no certificate was seen."""
+        return self.chain[0]["sha256"] if self.chain else ""
 
 
 # ---- targets ----------------------------------------------------------------------------------
@@ -67,7 +68,7 @@ def parse_target(target: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     text = target.strip()
     if not text:
         raise NtspkiError("empty target", 2)
-    host, port = text, None
+    host, port_text = text, None
     if text.startswith("["):
         end = text.find("]")
         if end < 0:
@@ -76,17 +77,18 @@ def parse_target(target: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         if rest:
             if not rest.startswith(":"):
                 raise NtspkiError(f"bad target {target!r}: expected ':PORT' after ']'", 2)
-            port = rest[1:]
+            port_text = rest[1:]
         if names.parse_ip(host) is None or ":" not in host:
             raise NtspkiError(f"bad target {target!r}: brackets hold only IPv6 addresses", 2)
     elif text.count(":") == 1:
-        host, port = text.split(":")
+        host, port_text = text.split(":")
     elif text.count(":") > 1 and names.parse_ip(text) is None:
         raise NtspkiError(f"bad target {target!r}: write an IPv6 address with a port as [ADDRESS]:PORT", 2)
-    if port is not None:
-        if not port.isdigit() or not 0 < int(port) < 65536:
+    port = None
+    if port_text is not None:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise NtspkiError(f"bad target {target!r}: port must be 1-65535", 2)
-        port = int(port)
+        port = int(port_text)
     if names.parse_ip(host) is None:
         if not host:
             raise NtspkiError(f"bad target {target!r}: no host", 2)

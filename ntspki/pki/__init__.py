@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -74,8 +75,8 @@ def make_intermediate(
     root_key,
     cn: str,
     days: int = INTERMEDIATE_DAYS,
-    permit_dns: list[str] = (),
-    permit_ip: list[str] = (),
+    permit_dns: Sequence[str] = (),
+    permit_ip: Sequence[str] = (),
 ) -> x509.Certificate:
     start = now() - BACKDATE
     end = min(start + dt.timedelta(days=days), root_cert.not_valid_after_utc)
@@ -97,7 +98,7 @@ def make_intermediate(
     )
     if permit_dns or permit_ip:
         # Name constraints keep the intermediate to the site's own domains/networks.
-        permitted = [x509.DNSName(d) for d in permit_dns]
+        permitted: list[x509.GeneralName] = [x509.DNSName(d) for d in permit_dns]
         permitted += [x509.IPAddress(ipaddress.ip_network(n, strict=False)) for n in permit_ip]
         builder = builder.add_extension(
             x509.NameConstraints(permitted_subtrees=permitted, excluded_subtrees=None), critical=True
@@ -222,6 +223,7 @@ def verify_chain(
     for gn in targets:
         if validated and gn in literal:
             continue
+        subject: x509.verification.IPAddress | x509.verification.DNSName
         if isinstance(gn, x509.IPAddress):
             subject = x509.verification.IPAddress(gn.value)
             label = str(gn.value)
@@ -287,7 +289,7 @@ def _verify_by_hand(roots, chain, gn, at) -> None:
                 and not any(san.value == d or san.value.endswith("." + d) for d in dns)
                 or isinstance(san, x509.IPAddress)
                 and nets
-                and not any(san.value.version == n.version and san.value in n for n in nets)
+                and not any(san.value.version == n.version and san.value in n for n in nets)  # type: ignore[operator]
             ):
                 raise NtspkiError(
                     f"chain does not verify for {label}: {san.value} is outside the CA's name constraints"

@@ -93,7 +93,7 @@ class ChronyConf:
         for d in self.directives:
             if d.name not in SOURCE_DIRECTIVES or not d.args:
                 continue
-            opts = {"nts": False, "ntsport": 4460, "certset": 0, "port": 123}
+            opts: dict[str, int] = {"nts": False, "ntsport": 4460, "certset": 0, "port": 123}
             tokens = d.args[1:]
             i = 0
             while i < len(tokens):
@@ -106,7 +106,7 @@ class ChronyConf:
                 if tok == "nts":
                     opts["nts"] = True
                 i += 1
-            out.append(Source(d.name, d.args[0], opts["nts"], opts["ntsport"], opts["certset"], opts["port"], d))
+            out.append(Source(d.name, d.args[0], bool(opts["nts"]), opts["ntsport"], opts["certset"], opts["port"], d))
         return out
 
 

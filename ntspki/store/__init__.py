@@ -21,8 +21,12 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ntspki.errors import NtspkiError
+
+if TYPE_CHECKING:
+    from ntspki.store.ledger import Ledger
 from ntspki.store import fsutil
 
 FILES = ("privkey", "cert", "chain", "fullchain")  # also the order live/ links are switched in
@@ -68,7 +72,7 @@ class Home:
         self.renewal = self.path / "renewal"
         self.ledger_path = self.path / "ledger.sqlite3"
         self.lock_path = self.path / ".lock"
-        self._ledger = None
+        self._ledger: Ledger | None = None
 
     # -- set-up ---------------------------------------------------------------------------------
     def ensure(self) -> Home:
