@@ -5,9 +5,7 @@ system clock."""
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,7 +13,7 @@ from pathlib import Path
 from ntspki.errors import NtspkiError
 from ntspki.issuing import ca, issue
 from ntspki.servers import lab
-from ntspki.store import Home, fsutil
+from ntspki.store import Home, access, fsutil
 
 DEMO_NAME = "ntpserver"
 DEMO_SANS = ["ntpserver-ipv6", "127.0.0.1"]
@@ -58,7 +56,7 @@ def run(directory: Path, say=print) -> DemoResult:
 
     # What `ntspki deploy` does on a real host: copy out of live/ (0700) with chronyd's group.
     user = lab.chrony_user()
-    gid = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_gid
+    gid = access.Reader.named(user).gid
     nts = directory / "chrony"
     nts.mkdir(exist_ok=True)
     nts.chmod(0o755)

@@ -1,20 +1,23 @@
 """Crashes and concurrency: the deploy process SIGKILLed at every step, and deploys racing.
 
-NTSPKI_TEST_PAUSE_AT=STEP makes `ntspki deploy` stop itself (SIGSTOP) at STEP; the test then
-SIGKILLs it there, checks what is on disk, and runs a second deploy that must complete."""
+`python -m tests.pause_at STEP` runs `ntspki deploy` so that it stops itself (SIGSTOP) at STEP; the
+test then SIGKILLs it there, checks what is on disk, and runs a second deploy that must complete."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from ntspki import deploy
 from tests.conftest import NTSPKI
 from tests.deploy_env import DeployLab
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -33,8 +36,8 @@ def _state(pid: int) -> str:
 def _kill_at(dl: DeployLab, step: str) -> None:
     """Run `ntspki deploy --all`, wait until it stops itself at `step`, SIGKILL it there."""
     proc = subprocess.Popen(
-        [*NTSPKI, "--home", str(dl.home.path), "deploy", "--all"],
-        env={**os.environ, deploy.PAUSE_ENV: step},
+        [sys.executable, "-m", "tests.pause_at", step, "--home", str(dl.home.path), "deploy", "--all"],
+        cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -38,6 +38,7 @@ import requests
 from acme import challenges, client, messages
 from acme import errors as acme_errors
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ntspki import pki
@@ -653,58 +654,6 @@ def _csr(key, gns: list[x509.GeneralName]) -> x509.CertificateSigningRequest:
     )
 
 
-def _sleep_for(response, fallback: float, deadline: float) -> None:
-    wait = _retry_after_seconds(response.headers.get("Retry-After")) if response is not None else None
-    wait = fallback if wait is None else wait
-    time.sleep(max(0.0, min(wait, deadline - time.monotonic())))
-
-
-def _poll_authorizations(conn: Connection, urls: list[str], deadline: float):
-    out = []
-    for url in urls:
-        delay = 0.2
-        while True:
-            response = conn.client._post_as_get(url)
-            authzr = messages.AuthorizationResource(body=messages.Authorization.from_json(response.json()), uri=url)
-            if authzr.body.status != messages.STATUS_PENDING:
-                out.append(authzr)
-                break
-            if time.monotonic() >= deadline:
-                raise acme_errors.TimeoutError()
-            _sleep_for(response, delay, deadline)  # the CA's Retry-After if it gives one
-            delay = min(delay * 2, 5.0)
-    failed = [a for a in out if a.body.status != messages.STATUS_VALID]
-    if failed:
-        raise acme_errors.ValidationError(failed)
-    return out
-
-
-def _finalize(
-    conn: Connection, order_url: str, finalize_url: str, csr: x509.CertificateSigningRequest, deadline: float
-) -> str:
-    try:
-        conn.client._post(finalize_url, messages.CertificateRequest(csr=csr))
-    except messages.Error as e:
-        if e.code != "orderNotReady":
-            raise
-    delay = 0.2
-    while True:
-        response = conn.client._post_as_get(order_url)
-        body = messages.Order.from_json(response.json())
-        if body.status == messages.STATUS_VALID and body.certificate:
-            return conn.client._post_as_get(body.certificate).text
-        if body.status == messages.STATUS_INVALID:
-            if body.error is not None:
-                raise body.error
-            raise NtspkiError("the CA marked the order invalid without saying why")
-        if body.status == messages.STATUS_READY:
-            conn.client._post(finalize_url, messages.CertificateRequest(csr=csr))
-        if time.monotonic() >= deadline:
-            raise acme_errors.TimeoutError()
-        _sleep_for(response, delay, deadline)
-        delay = min(delay * 2, 5.0)
-
-
 def _check_issued(fullchain_pem: str, key, gns: list[x509.GeneralName]) -> list[x509.Certificate]:
     certs = pki.load_certs(fullchain_pem.encode(), "the CA's certificate chain")
     leaf = certs[0]
@@ -778,19 +727,14 @@ def obtain(
     conn.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.uri)
 
     key = keys.generate(spec.key_type)
-    csr = _csr(key, gns)
+    csr_pem = _csr(key, gns).public_bytes(serialization.Encoding.PEM)
     solver = _Solver(spec.challenge, progress)
-    deadline = time.monotonic() + VALIDATION_TIMEOUT
+    deadline = dt.datetime.now() + dt.timedelta(seconds=VALIDATION_TIMEOUT)  # naive: as ClientV2 compares
     with ca_errors(spec.directory, "ordering from"):
         try:
-            order = _NewOrder(
-                identifiers=[_identifier(g) for g in gns],
-                profile=spec.profile or None,
-                replaces=ari_cert_id(replaces) if (replaces is not None and conn.has_ari()) else None,
-            )
             progress(f"ordering {', '.join(identifiers)} from {urlsplit(spec.directory).netloc}")
             try:
-                response = conn.client._post(conn.directory["newOrder"], order)
+                orderr = _new_order(conn, gns, csr_pem, spec.profile, replaces)
             except messages.Error as e:
                 if e.code != "accountDoesNotExist" or not agree_tos:
                     if e.code == "accountDoesNotExist":
@@ -801,16 +745,9 @@ def obtain(
                     raise
                 progress("the CA forgot the account; registering again")
                 account = register(home, spec.directory, spec.ca_bundle, email, True, eab_kid, eab_hmac_key, conn=conn)
-                response = conn.client._post(conn.directory["newOrder"], order)
-            body = messages.Order.from_json(response.json())
-            order_url = response.headers.get("Location")
-            if not order_url:
-                raise NtspkiError(f"the CA at {urlsplit(spec.directory).netloc} made an order without a Location")
+                orderr = _new_order(conn, gns, csr_pem, spec.profile, replaces)
             pending = []
-            for url in body.authorizations:
-                authzr = messages.AuthorizationResource(
-                    body=messages.Authorization.from_json(conn.client._post_as_get(url).json()), uri=url
-                )
+            for authzr in orderr.authorizations:
                 if authzr.body.status == messages.STATUS_VALID:
                     continue
                 if authzr.body.status != messages.STATUS_PENDING:
@@ -823,9 +760,9 @@ def obtain(
             for authzr, challb in pending:
                 progress(f"asking the CA to validate {authzr.body.identifier.value} ({challb.chall.typ})")
                 conn.client.answer_challenge(challb, challb.response(account.key))
-            _poll_authorizations(conn, list(body.authorizations), deadline)
+            orderr = conn.client.poll_authorizations(orderr, deadline)
             progress("finalizing")
-            fullchain = _finalize(conn, order_url, body.finalize, csr, deadline)
+            fullchain = conn.client.finalize_order(orderr, deadline).fullchain_pem
         finally:
             solver.cleanup()
     certs = _check_issued(fullchain, key, gns)
@@ -841,6 +778,30 @@ def obtain(
     return Issued(
         lineage, version, info.sans, info.serial, info.sha256, info.not_after, spec.key_type, str(home.live / lineage)
     )
+
+
+def _new_order(
+    conn: Connection, gns: list[x509.GeneralName], csr_pem: bytes, profile: str | None, replaces
+) -> messages.OrderResource:
+    """A new order with its authorizations. The one request made below ClientV2's public API:
+    `ClientV2.new_order` cannot send RFC 9773's `replaces`, which tells an ARI-speaking CA which
+    certificate this order renews (Let's Encrypt exempts such orders from rate limits)."""
+    order = _NewOrder(
+        identifiers=[_identifier(g) for g in gns],
+        profile=profile or None,
+        replaces=ari_cert_id(replaces) if (replaces is not None and conn.has_ari()) else None,
+    )
+    response = conn.client._post(conn.directory["newOrder"], order)
+    body = messages.Order.from_json(response.json())
+    order_url = response.headers.get("Location")
+    if not order_url:
+        raise NtspkiError(f"the CA at {urlsplit(conn.url).netloc} made an order without a Location")
+    # ClientV2.poll fetches one authorization; the empty body means "any identifier".
+    authzrs = [
+        conn.client.poll(messages.AuthorizationResource(uri=url, body=messages.Authorization()))[0]
+        for url in body.authorizations
+    ]
+    return messages.OrderResource(body=body, uri=order_url, authorizations=authzrs, csr_pem=csr_pem)
 
 
 def _identifier(gn: x509.GeneralName) -> messages.Identifier:
@@ -866,9 +827,9 @@ def renewal_window(conn: Connection, cert: x509.Certificate) -> RenewalWindow | 
         return None
     ari_url = conn.directory["renewalInfo"].rstrip("/") + "/" + ari_cert_id(cert)
     with ca_errors(ari_url, "asking for renewal information from"):
-        info = conn.net.get(ari_url, content_type="application/json").json()
-        window = info["suggestedWindow"]
-        start, end = (dt.datetime.fromisoformat(window[k].replace("Z", "+00:00")) for k in ("start", "end"))
+        raw = conn.net.get(ari_url, content_type="application/json").json()
+        info = messages.RenewalInfo.from_json(raw)
+        start, end = info.suggested_window.start, info.suggested_window.end
     if end < start:
         raise NtspkiError(f"the CA's renewal window for {ari_url} ends before it starts")
-    return RenewalWindow(start, end, info.get("explanationURL"))
+    return RenewalWindow(start, end, raw.get("explanationURL"))  # not (yet) a RenewalInfo field

@@ -9,9 +9,7 @@ else OK.
 from __future__ import annotations
 
 import datetime as dt
-import grp
 import os
-import pwd
 import socket
 import stat
 import time
@@ -21,6 +19,7 @@ from pathlib import Path
 from ntspki.errors import NtspkiError
 from ntspki.pki import names
 from ntspki.servers import chronyconf, services
+from ntspki.store import access
 
 EXIT = {"OK": 0, "WARNING": 1, "CRITICAL": 2, "UNKNOWN": 3}
 
@@ -90,71 +89,6 @@ class Report:
 # ---- who chronyd runs as, and what that user may do --------------------------------------------
 
 
-@dataclass
-class User:
-    name: str
-    uid: int
-    gid: int
-    gids: set[int]
-
-    @property
-    def group(self) -> str:
-        return grp_name(self.gid)
-
-    @classmethod
-    def named(cls, name: str) -> User:
-        try:
-            pw = pwd.getpwnam(name)
-        except KeyError:
-            raise NtspkiError(f"no such user {name!r} (chronyd's run user)", 3)
-        return cls(name, pw.pw_uid, pw.pw_gid, set(os.getgrouplist(name, pw.pw_gid)))
-
-
-def may(st: os.stat_result, who: User, want: int) -> bool:
-    """Classic UNIX permission check (want: 4 read, 2 write, 1 search/execute)."""
-    if who.uid == 0:
-        return True
-    if st.st_uid == who.uid:
-        bits = st.st_mode >> 6
-    elif st.st_gid in who.gids:
-        bits = st.st_mode >> 3
-    else:
-        bits = st.st_mode
-    return bits & want == want
-
-
-def owner_text(st: os.stat_result) -> str:
-    try:
-        user = pwd.getpwuid(st.st_uid).pw_name
-    except KeyError:
-        user = str(st.st_uid)
-    return f"{user}:{grp_name(st.st_gid)} {stat.S_IMODE(st.st_mode):04o}"
-
-
-def grp_name(gid: int) -> str:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return str(gid)
-
-
-def blocked_dir(path: str, who: User, depth: int = 0) -> tuple[str, os.stat_result] | None:
-    """The first directory on the way to `path` (symbolic links followed, both the link's and the
-    target's directories) that `who` cannot search, or None."""
-    parts = Path(os.path.abspath(path)).parts
-    cur = "/"
-    for i, part in enumerate(parts[1:], 1):
-        st = os.stat(cur)
-        if not may(st, who, 1):
-            return cur, st
-        nxt = os.path.join(cur, part)
-        if os.path.islink(nxt) and depth < 40:
-            target = os.path.normpath(os.path.join(cur, os.readlink(nxt)))
-            return blocked_dir(os.path.join(target, *parts[i + 1 :]), who, depth + 1)
-        cur = nxt
-    return None
-
-
 # ---- the audit ---------------------------------------------------------------------------------
 
 
@@ -162,7 +96,7 @@ class Checker:
     def __init__(
         self,
         conf: chronyconf.ChronyConf,
-        who: User,
+        who: access.Reader,
         ca_files,
         warn_days: int,
         critical_days: int,
@@ -424,16 +358,14 @@ class Checker:
             self.add("ok", "valid", f"{label} is valid for {int(days)} more days", path=path)
 
     def key_file(self, path: str, where: str):
-        from cryptography.hazmat.primitives import serialization
-
         from ntspki.pki import keys
 
         data = self.read(path, "key", where)
         if data is None:
             return None
         try:
-            key = serialization.load_pem_private_key(data, None)
-        except TypeError:
+            key = keys.load_private_pem(data, what=path)
+        except keys.EncryptedKey:
             self.add(
                 "critical",
                 "key-encrypted",
@@ -444,8 +376,8 @@ class Checker:
                 where,
             )
             return None
-        except Exception as e:
-            self.add("critical", "key-unparsable", f"{path} is not a PEM private key ({e})", None, path, where)
+        except NtspkiError as e:
+            self.add("critical", "key-unparsable", str(e), None, path, where)
             return None
         key_type = keys.key_type_of(key)
         if key_type not in ("ec-p256", "ec-p384", "ed25519") and not key_type.startswith("rsa-"):
@@ -464,13 +396,13 @@ class Checker:
         if not path or not os.path.exists(path):
             return
         who = self.who
-        blocked = blocked_dir(path, who)
+        blocked = who.blocked_dir(path)
         if blocked:
             d, st = blocked
             self.add(
                 "critical",
                 "dir-untraversable",
-                f"directory {d} ({owner_text(st)}) is not searchable by {who.name}, so chronyd cannot "
+                f"directory {d} ({access.owner_text(st)}) is not searchable by {who.name}, so chronyd cannot "
                 f"reach {path} and fails with 'Could not set credentials : Error while reading file.'",
                 f"keep chronyd's files under /etc/chrony/nts/ (ntspki deploy), or chmod o+x {d}",
                 path,
@@ -478,32 +410,37 @@ class Checker:
             )
             return
         st = os.stat(path)
-        if not may(st, who, 4):
+        if not who.may_stat(st, 4):
             code = "key-unreadable" if what == "key" else "cert-unreadable"
             self.add(
                 "critical",
                 code,
-                f"{path} ({owner_text(st)}) is not readable by {who.name}: chronyd reads it after dropping "
+                f"{path} ({access.owner_text(st)}) is not readable by {who.name}: chronyd reads it after dropping "
                 "root and fails with 'Could not set credentials : Error while reading file.'",
                 f"chown root:{who.group} {path} && chmod {'0640' if what == 'key' else '0644'} {path}",
                 path,
                 where,
             )
         elif what == "key":
-            self.add("ok", "key-readable", f"{path} ({owner_text(st)}) is readable by {who.name}", path=path)
+            self.add("ok", "key-readable", f"{path} ({access.owner_text(st)}) is readable by {who.name}", path=path)
         if what != "key":
             return
         mode = stat.S_IMODE(st.st_mode)
         fix = f"chown root:{who.group} {path} && chmod 0640 {path}"
         if mode & 0o004:
             self.add(
-                "critical", "key-exposed", f"{path} ({owner_text(st)}) is readable by every user", fix, path, where
+                "critical",
+                "key-exposed",
+                f"{path} ({access.owner_text(st)}) is readable by every user",
+                fix,
+                path,
+                where,
             )
         elif mode & 0o040 and st.st_gid not in (0, who.gid):
             self.add(
                 "warning",
                 "key-group",
-                f"{path} ({owner_text(st)}) is readable by group {grp_name(st.st_gid)}, which is not {who.name}'s",
+                f"{path} ({access.owner_text(st)}) is readable by group {access.group_name(st.st_gid)}, which is not {who.name}'s",
                 fix,
                 path,
                 where,
@@ -512,17 +449,17 @@ class Checker:
             self.add(
                 "warning",
                 "key-owner",
-                f"{path} is owned by {owner_text(st).split(':')[0]}, neither root nor {who.name}: "
+                f"{path} is owned by {access.owner_text(st).split(':')[0]}, neither root nor {who.name}: "
                 "that user can replace the key or change who may read it",
                 fix,
                 path,
                 where,
             )
-        if who.uid != 0 and (may(st, who, 2) or st.st_uid == who.uid):
+        if who.uid != 0 and (who.may_stat(st, 2) or st.st_uid == who.uid):
             self.add(
                 "warning",
                 "key-writable",
-                f"{path} ({owner_text(st)}) can be changed by {who.name}: a compromised chronyd could "
+                f"{path} ({access.owner_text(st)}) can be changed by {who.name}: a compromised chronyd could "
                 "replace its own key (chrony 4.4 and later warn about this)",
                 fix,
                 path,
@@ -552,11 +489,11 @@ class Checker:
             )
             return
         st = os.stat(path)
-        if blocked_dir(path, self.who) or not may(st, self.who, 2 | 1):
+        if self.who.blocked_dir(path) or not self.who.may_stat(st, 2 | 1):
             self.add(
                 "warning",
                 "dumpdir-unwritable",
-                f"ntsdumpdir {path} ({owner_text(st)}) is not writable by {self.who.name}",
+                f"ntsdumpdir {path} ({access.owner_text(st)}) is not writable by {self.who.name}",
                 f"chown {self.who.name}: {path}",
                 path,
                 d.where,
@@ -665,10 +602,10 @@ class Checker:
         if not os.path.exists(path):
             self.add("critical", "trust-missing", f"ntstrustedcerts {path} does not exist", None, path, where)
             return
-        blocked = blocked_dir(path, self.who)
+        blocked = self.who.blocked_dir(path)
         st = os.stat(path)
         want = 4 | 1 if stat.S_ISDIR(st.st_mode) else 4
-        if blocked or not may(st, self.who, want):
+        if blocked or not self.who.may_stat(st, want):
             self.add(
                 "critical",
                 "trust-unreadable",
@@ -760,7 +697,11 @@ def check(
     if critical_days > warn_days:
         raise NtspkiError("--critical-days must not be more than --warn-days", 2)
     conf = chronyconf.parse(conf_path)
-    who = User.named(user or conf.value("user") or services.get("chrony").user())
+    name = user or conf.value("user") or services.get("chrony").user()
+    try:
+        who = access.Reader.named(name)
+    except access.UnknownUser:
+        raise NtspkiError(f"no such user {name!r} (chronyd's run user)", 3)
     return Checker(conf, who, ca_files, warn_days, critical_days, probe, timeout).run()
 
 

@@ -7,6 +7,7 @@ import json
 import click
 
 from ntspki.cli import fail, progress
+from ntspki.nts import NTSKE_PORT
 
 AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
 
@@ -37,7 +38,7 @@ AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
 @click.option(
     "--port",
     type=click.IntRange(1, 65535),
-    default=4460,
+    default=NTSKE_PORT,
     show_default=True,
     help="NTS-KE port for targets given without one.",
 )

@@ -22,8 +22,8 @@ complete on disk (as hidden `.NAME.ntspki-new` files) before a journal file says
 whoever takes the lock next (deploy, watcher, certbot hook) finishes the renames first. A crash
 before the journal leaves the old pair untouched; after it, the new pair is completed.
 
-Testing hook: NTSPKI_TEST_PAUSE_AT=STEP makes the process stop itself (SIGSTOP) when it reaches
-STEP (one of STEPS), so a test can SIGKILL it at exactly that point. Nothing else reads it.
+Every step in STEPS is announced to `on_step` (a no-op): the crash tests replace it, in a
+process of their own, to stop at a step and SIGKILL the deploy exactly there.
 
 Also in this package: target configuration (`deployconfig`) and the watcher (`watch`).
 Layer: orchestration. May import `store`, `pki`, `servers`, `nts` (the served-certificate check)
@@ -35,10 +35,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pwd
-import signal
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -49,7 +48,7 @@ from ntspki.deploy.deployconfig import Target
 from ntspki.errors import NtspkiError
 from ntspki.pki import keys, names
 from ntspki.servers import services
-from ntspki.store import Home, fsutil, read_live_dir
+from ntspki.store import Home, access, fsutil, read_live_dir
 
 log = logging.getLogger("ntspki.deploy")
 
@@ -65,7 +64,13 @@ STEPS = (
     "restored",
     "restarted-again",
 )
-PAUSE_ENV = "NTSPKI_TEST_PAUSE_AT"
+
+
+def _no_step_hook(name: str) -> None:
+    pass
+
+
+on_step: Callable[[str], None] = _no_step_hook
 
 # exit codes (also in man/ntspki-deploy.1)
 OK, REFUSED, ROLLED_BACK, BROKEN = 0, 1, 3, 4
@@ -73,8 +78,7 @@ OK, REFUSED, ROLLED_BACK, BROKEN = 0, 1, 3, 4
 
 def _step(name: str, detail: str = "") -> None:
     log.debug("step %s%s", name, f": {detail}" if detail else "")
-    if os.environ.get(PAUSE_ENV) == name:
-        os.kill(os.getpid(), signal.SIGSTOP)
+    on_step(name)
 
 
 # ---- a key and its certificate chain ----------------------------------------------------------
@@ -137,13 +141,11 @@ def load_source(target: Target) -> Pair:
     lineage = read_live_dir(src, target.source)
     try:
         key = keys.load_private_pem(lineage.privkey, what=f"{src}/privkey.pem")
-    except NtspkiError as e:
-        if "encrypted" in str(e):
-            raise NtspkiError(
-                f"{src}/privkey.pem is encrypted: {target.service.name} cannot load an "
-                "encrypted key (it fails with 'Decryption has failed')"
-            )
-        raise
+    except keys.EncryptedKey:
+        raise NtspkiError(
+            f"{src}/privkey.pem is encrypted: {target.service.name} cannot load an "
+            "encrypted key (it fails with 'Decryption has failed')"
+        )
     chain = pki.load_certs(lineage.fullchain, f"{src}/fullchain.pem")
     if not keys.key_matches_cert(key, chain[0]):
         where = next((i for i, c in enumerate(chain) if keys.key_matches_cert(key, c)), None)
@@ -199,17 +201,14 @@ def _journal(target: Target) -> Path:
     return target.cert.parent / f".{target.cert.name}.ntspki-journal"
 
 
-def _reader(target: Target) -> tuple[str, int, set]:
-    """(user, uid, gids) the server reads its files as (root, who reads anything, when none of
-    the service's users exists here)."""
+def _reader(target: Target) -> access.Reader:
+    """Who the server reads its files as (root, who reads anything, when none of the service's
+    users exists here)."""
     user = target.server_user or target.service.user()
-    if user.isdigit():
-        return user, int(user), set()  # a container's uid, no groups known
     try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
+        return access.Reader.named(user)
+    except access.UnknownUser:
         raise NtspkiError(f"target {target.name!r}: no such user {user!r} (server_user)")
-    return user, pw.pw_uid, set(os.getgrouplist(user, pw.pw_gid))
 
 
 def _existing(path: Path) -> Path:
@@ -217,17 +216,6 @@ def _existing(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
-
-
-def _can(uid: int, gids: set, owner: int, group: int, mode: int, bit: int) -> bool:
-    """Whether uid (in gids) has permission `bit` (4 read, 1 enter) on owner:group `mode`."""
-    if uid == 0:
-        return True
-    if owner == uid:
-        return bool(mode & (bit << 6))
-    if group in gids:
-        return bool(mode & (bit << 3))
-    return bool(mode & bit)
 
 
 def check_destination(target: Target) -> None:
@@ -249,19 +237,17 @@ def check_destination(target: Target) -> None:
             raise NtspkiError(
                 f"{d} belongs to uid {st.st_uid}, who could replace the files; use a directory owned by root"
             )
-    user, uid, gids = _reader(target)
+    who = _reader(target)
     for path, mode in ((target.key, target.key_mode), (target.cert, target.cert_mode)):
-        d = _existing(path.parent)
-        for anc in [d, *d.parents]:
-            st = anc.stat()
-            if not _can(uid, gids, st.st_uid, st.st_gid, st.st_mode, 1):
-                raise NtspkiError(
-                    f"{target.service.name} reads {path} as {user}, who cannot enter {anc}: "
-                    "use a directory it can traverse (e.g. /etc/chrony/nts)"
-                )
-        if not _can(uid, gids, target.uid, target.gid, mode, 4):
+        blocked = who.blocked_dir(path)
+        if blocked is not None:
             raise NtspkiError(
-                f"{target.service.name} reads {path.name} as {user}, who could not read it as "
+                f"{target.service.name} reads {path} as {who.name}, who cannot enter {blocked[0]}: "
+                "use a directory it can traverse (e.g. /etc/chrony/nts)"
+            )
+        if not who.may(target.uid, target.gid, mode, access.READ):
+            raise NtspkiError(
+                f"{target.service.name} reads {path.name} as {who.name}, who could not read it as "
                 f"{target.owner}:{target.group} {mode:04o} (chronyd fails with 'Could not set credentials : "
                 f"Error while reading file'); use group {target.service.group()} and mode 0640"
             )

@@ -28,15 +28,15 @@ Relative paths are relative to the config file's directory.
 
 from __future__ import annotations
 
-import grp
 import os
-import pwd
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ntspki.errors import NtspkiError
+from ntspki.nts import NTSKE_PORT
 from ntspki.servers import services
+from ntspki.store import access
 
 CONFIG_NAME = "deploy.toml"
 KEYS = {
@@ -83,11 +83,11 @@ class Target:
 
     @property
     def uid(self) -> int:
-        return _uid(self.owner)
+        return access.user_id(self.owner)
 
     @property
     def gid(self) -> int:
-        return _gid(self.group)
+        return access.group_id(self.group)
 
     def to_dict(self) -> dict:
         return {
@@ -103,20 +103,6 @@ class Target:
             "restart_command": self.restart_command,
             "probe": self.probe,
         }
-
-
-def _uid(owner: str) -> int:
-    try:
-        return int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
-    except KeyError:
-        raise NtspkiError(f"no such user {owner!r}", 2)
-
-
-def _gid(group: str) -> int:
-    try:
-        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise NtspkiError(f"no such group {group!r}", 2)
 
 
 def parse_mode(value, what: str) -> int:
@@ -187,7 +173,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
 
     probe = settings.get("probe", True)
     if probe is True:
-        port = services.chrony_conf_facts(service_conf)["ntsport"] if service.name == "chrony" else 4460
+        port = services.chrony_conf_facts(service_conf)["ntsport"] if service.name == "chrony" else NTSKE_PORT
         probe = f"127.0.0.1:{port}"
     elif probe is False or probe in ("", "none", "off"):
         probe = None
@@ -228,7 +214,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
             "private key; use 0640 (owner root, group of the server's user)",
             2,
         )
-    _uid(target.owner), _gid(target.group)  # unknown users and groups fail here, before any write
+    access.user_id(target.owner), access.group_id(target.group)  # unknown ones fail here, before any write
     return target
 
 

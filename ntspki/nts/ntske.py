@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from OpenSSL import SSL
 
+from ntspki.nts import NTP_PORT, NTSKE_PORT  # noqa: F401  (callers use ntske.NTSKE_PORT too)
+
 ALPN = b"ntske/1"
 EXPORTER_LABEL = b"EXPORTER-network-time-security"
-NTSKE_PORT = 4460
-NTP_PORT = 123
 NEXT_PROTOCOL_NTPV4 = 0
 AEAD_AES_SIV_CMAC_256 = 15
 KEY_LENGTH = {AEAD_AES_SIV_CMAC_256: 32}
@@ -636,17 +636,3 @@ def ntp_exchange(
                 raise ProtocolError("ntp", f"NTP exchange with {_fmt(addr)} failed: {e.strerror or e}")
             t4 = time.time()
             return request, parse_ntp_reply(packet, request, s2c, t4)
-
-
-# ---- server side of the NTP exchange, for test servers ----------------------------------------
-
-
-def parse_ntp_request(packet: bytes, c2s: bytes) -> tuple[bytes, bytes, int, bytes]:
-    """(unique identifier, cookie, placeholders, transmit timestamp) of an authenticated request."""
-    efs = parse_efs(packet)
-    uid = next(b for t, _, b in efs if t == EF_UNIQUE_IDENTIFIER)
-    cookie = next(b for t, _, b in efs if t == EF_COOKIE)
-    placeholders = sum(1 for t, _, _ in efs if t == EF_COOKIE_PLACEHOLDER)
-    off, body = next((o, b) for t, o, b in efs if t == EF_AUTHENTICATOR)
-    open_authenticator(c2s, packet, off, body)
-    return uid, cookie, placeholders, packet[40:48]

@@ -17,9 +17,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ntspki.errors import NtspkiError
+from ntspki.nts import NTSKE_PORT
 from ntspki.pki import names
 
-DEFAULT_PORT = 4460
+DEFAULT_PORT = NTSKE_PORT
 
 
 @dataclass
@@ -377,7 +378,7 @@ def probe_many(targets: list[str], *, concurrency: int = 16, progress=None, **kw
         return list(pool.map(one, targets))
 
 
-def served_fingerprint(host: str, port: int = 4460, name: str | None = None, timeout: float = 5.0) -> str:
+def served_fingerprint(host: str, port: int = NTSKE_PORT, name: str | None = None, timeout: float = 5.0) -> str:
     """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1): probe's
     handshake without its chain and name checks, since the fingerprint pins the exact certificate.
     Raises ntske.ProtocolError when there is no such handshake."""

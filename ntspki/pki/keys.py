@@ -50,12 +50,24 @@ def private_pem(key, passphrase: bytes | None = None) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
 
 
+class EncryptedKey(NtspkiError):
+    """A private key that needs a passphrase (which NTS servers cannot give)."""
+
+
+def is_encrypted_pem(data: bytes) -> bool:
+    """PKCS#8 `ENCRYPTED PRIVATE KEY`, or a legacy OpenSSL PEM with `Proc-Type: 4,ENCRYPTED`: told
+    by the PEM's own labels, never by a library's error text."""
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----" in data or b"Proc-Type: 4,ENCRYPTED" in data
+
+
 def load_private_pem(data: bytes, passphrase: bytes | None = None, what: str = "key"):
+    """Load a PEM private key. Raises EncryptedKey when it needs a passphrase that was not given,
+    NtspkiError for anything else."""
+    if passphrase is None and is_encrypted_pem(data):
+        raise EncryptedKey(f"{what} is encrypted: a passphrase is needed")
     try:
         return serialization.load_pem_private_key(data, passphrase)
     except TypeError as e:
-        if "encrypted" in str(e) and passphrase is None:
-            raise NtspkiError(f"{what} is encrypted: a passphrase is needed")
         raise NtspkiError(f"{what}: {e}")
     except ValueError as e:
         if passphrase is not None:

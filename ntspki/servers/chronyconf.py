@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ntspki.errors import NtspkiError
+from ntspki.nts import NTP_PORT, NTSKE_PORT
 
 # Debian/Ubuntu first, then RHEL/Fedora/SUSE/Arch.
 DEFAULT_PATHS = ("/etc/chrony/chrony.conf", "/etc/chrony.conf")
@@ -86,14 +87,14 @@ class ChronyConf:
     def ntsport(self) -> int:
         """The NTS-KE port chronyd listens on (4460 unless set to a number)."""
         port = self.value("ntsport")
-        return int(port) if port and port.isdigit() else 4460
+        return int(port) if port and port.isdigit() else NTSKE_PORT
 
     def sources(self) -> list[Source]:
         out = []
         for d in self.directives:
             if d.name not in SOURCE_DIRECTIVES or not d.args:
                 continue
-            opts: dict[str, int] = {"nts": False, "ntsport": 4460, "certset": 0, "port": 123}
+            opts: dict[str, int] = {"nts": False, "ntsport": NTSKE_PORT, "certset": 0, "port": NTP_PORT}
             tokens = d.args[1:]
             i = 0
             while i < len(tokens):

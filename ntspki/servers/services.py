@@ -11,8 +11,6 @@ Everything else (writing files, probing, rolling back) is the same for every ser
 
 from __future__ import annotations
 
-import grp
-import pwd
 import shlex
 import shutil
 import subprocess
@@ -20,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ntspki.errors import NtspkiError
+from ntspki.nts import NTSKE_PORT
+from ntspki.store import access
 
 
 @dataclass(frozen=True)
@@ -35,20 +35,11 @@ class Service:
     def user(self) -> str:
         """The first of `users` that exists on this host (`_chrony` on Debian, `chrony` on RHEL);
         root when none does."""
-        for user in self.users:
-            try:
-                pwd.getpwnam(user)
-                return user
-            except KeyError:
-                continue
-        return "root"
+        return next((user for user in self.users if access.user_exists(user)), "root")
 
     def group(self) -> str:
         """The run user's primary group, so the key can be root:GROUP 0640."""
-        try:
-            return grp.getgrgid(pwd.getpwnam(self.user()).pw_gid).gr_name
-        except KeyError:
-            return "root"
+        return access.Reader.named(self.user()).group
 
     def conf_file(self) -> Path | None:
         return next((Path(p) for p in self.conf_files if Path(p).exists()), None)
@@ -170,9 +161,9 @@ def chrony_conf_facts(conf: Path | None) -> dict:
     from ntspki.servers import chronyconf
 
     if conf is None or not Path(conf).is_file():
-        return {"readable": False, "ntsdumpdir": None, "ntsport": 4460}
+        return {"readable": False, "ntsdumpdir": None, "ntsport": NTSKE_PORT}
     try:
         parsed = chronyconf.parse(conf)
     except NtspkiError:
-        return {"readable": False, "ntsdumpdir": None, "ntsport": 4460}
+        return {"readable": False, "ntsdumpdir": None, "ntsport": NTSKE_PORT}
     return {"readable": True, "ntsdumpdir": parsed.value("ntsdumpdir"), "ntsport": parsed.ntsport()}
