@@ -359,13 +359,13 @@ def test_the_port_is_busy(pebble, acme_home):
 def test_a_ca_that_forgot_the_account_needs_agree_tos_to_register_again(pebble, tmp_path):
     """pebble forgets accounts on restart, as a CA may lose or deactivate one: simulate it by
     moving the stored account of one pebble over to a fresh one."""
-    from ntspki.acme import acmeclient
+    from ntspki.acme import accounts
 
     home = tmp_path / "home"
     with start_pebble(tmp_path / "first") as first:
         assert run_cli("acme", "register", *acme_args(first), "--agree-tos", home=home).returncode == 0
         h = Home(home)
-        src, dst = acmeclient.account_dir(h, first.directory_url), acmeclient.account_dir(h, pebble.directory_url)
+        src, dst = accounts.account_dir(h, first.directory_url), accounts.account_dir(h, pebble.directory_url)
         shutil.copytree(src, dst)
         meta = json.loads((dst / "account.json").read_text())
         meta.update(

@@ -15,7 +15,7 @@ import pytest
 from cryptography import x509
 
 from ntspki import pki
-from ntspki.acme import acmeclient
+from ntspki.acme import acmeclient, solvers
 from ntspki.issuing import ca as ca_mod
 from ntspki.issuing import renew
 from ntspki.pki import keys, names
@@ -37,7 +37,7 @@ def mixed(pebble, workdir):
         sans=["127.0.0.1"],
         directory=pebble.directory_url,
         ca_bundle=str(pebble.ca_bundle),
-        challenge=acmeclient.Challenge(http_port=pebble.http_port, http_address="127.0.0.1"),
+        challenge=solvers.Challenge(http_port=pebble.http_port, http_address="127.0.0.1"),
     )
     acmeclient.obtain(site.home, spec, agree_tos=True)
     return site.home

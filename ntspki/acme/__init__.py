@@ -1,5 +1,5 @@
 """An ACME (RFC 8555) client over the `acme` package's ClientV2: accounts, challenge solvers,
-orders, ACME Renewal Information.
+orders, ACME Renewal Information: `connection`, `accounts`, `solvers`, and `acmeclient` (ordering, ARI).
 
 Layer: domain + network. May import `pki`, `store` and `errors`; never `cli`, `deploy` or
 `issuing` beyond the request/result types. Imported only by commands that talk ACME (heavy).

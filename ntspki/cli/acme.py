@@ -60,10 +60,10 @@ def register(ctx, directory, staging, ca_bundle, agree_tos, email, eab_kid, eab_
     The account key (ECDSA P-256, ES256) is kept mode 0600 in HOME/accounts/ID/, one account per
     directory URL. Running it again reuses the key, so it is safe to repeat.
     """
-    from ntspki.acme import acmeclient
+    from ntspki.acme import accounts
 
     home = get_home(ctx)
-    account = acmeclient.register(
+    account = accounts.register(
         home, _directory(directory, staging), ca_bundle, email, agree_tos, eab_kid, eab_hmac_key
     )
     if as_json:
@@ -150,13 +150,13 @@ def issue_cmd(
     its parameters go to HOME/renewal/NAME.json, so `ntspki renew` orders the next one the same
     way. With --agree-tos an account is registered first when there is none for the directory.
     """
-    from ntspki.acme import acmeclient
+    from ntspki.acme import acmeclient, solvers
 
     if webroot and dns_hook:
         fail(
             "give one challenge: --webroot DIR (http-01), --dns-hook SCRIPT (dns-01) or neither (http-01 standalone)", 2
         )
-    challenge = acmeclient.Challenge(
+    challenge = solvers.Challenge(
         type="dns-01" if dns_hook else "http-01",
         webroot=webroot,
         http_port=http_port,

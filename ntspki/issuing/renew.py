@@ -121,12 +121,12 @@ class _Directories:
         self.conns: dict[tuple, object] = {}
 
     def get(self, params: dict):
-        from ntspki.acme import acmeclient
+        from ntspki.acme import connection
 
-        key = (acmeclient.resolve_directory(params.get("directory")), params.get("ca_bundle"))
+        key = (connection.resolve_directory(params.get("directory")), params.get("ca_bundle"))
         if key not in self.conns:
             try:
-                self.conns[key] = acmeclient.Connection(*key)
+                self.conns[key] = connection.Connection(*key)
             except NtspkiError as e:
                 self.conns[key] = e
         conn = self.conns[key]
