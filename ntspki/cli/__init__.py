@@ -32,6 +32,9 @@ COMMANDS = {
     "hook": "ntspki.cli.deploy:hook",
     "acme": "ntspki.cli.acme:acme",
     "renew": "ntspki.cli.acme:renew",
+    "csr": "ntspki.cli.remote:csr",
+    "sign": "ntspki.cli.remote:sign",
+    "install": "ntspki.cli.remote:install",
 }
 
 

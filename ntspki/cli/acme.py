@@ -261,6 +261,8 @@ def renew(ctx, names, all_, force, dry_run, jitter, no_deploy, deploy_config, as
 
 
 def _print_report(report) -> None:
+    from ntspki.issuing.renew import RENEWABLE
+
     if not report.outcomes:
         click.echo("no lineages")
     for o in report.outcomes:
@@ -268,7 +270,12 @@ def _print_report(report) -> None:
             click.echo(f"{o.name}: FAILED: {o.error}")
         elif o.renewed:
             click.echo(f"{o.name}: renewed ({o.reason}): version {o.version}, valid until {o.not_after[:10]}")
-        elif o.source not in ("internal", "acme"):
+        elif o.needs_ca:
+            click.echo(
+                f"{o.name}: due ({o.reason}); its CA is on another host: make a request here "
+                f"(ntspki csr {o.name} --force), sign it there (ntspki sign), install it (ntspki install)"
+            )
+        elif o.source not in RENEWABLE:
             click.echo(f"{o.name}: skipped ({o.reason})")
         elif o.due:
             click.echo(f"{o.name}: would renew ({o.reason})")

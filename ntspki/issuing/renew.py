@@ -10,8 +10,11 @@ not turn a timer red when nothing is due.
 
 Each lineage renews with the parameters in renewal/NAME.json: "internal" re-issues from the site
 CA (`ntspki.issuing.issue.issue`), "acme" orders again from the same directory, same names, key type,
-profile and challenge (`ntspki.acme.acmeclient.obtain`). One failure does not stop the others. Runs
-hold HOME/.renew.lock, so two timers never renew the same lineage twice.
+profile and challenge (`ntspki.acme.acmeclient.obtain`). A "remote" lineage (`ntspki install`:
+its key was made here, its CA is on another host) cannot renew here: when due it is reported as
+needing the CA, which is no failure (the fleet's renew playbook does that round trip). One
+failure does not stop the others. Runs hold HOME/.renew.lock, so two timers never renew the same
+lineage twice.
 """
 
 from __future__ import annotations
@@ -26,9 +29,11 @@ from cryptography import x509
 
 from ntspki import pki
 from ntspki.errors import NtspkiError
+from ntspki.issuing.remote import SOURCE as REMOTE
 from ntspki.store import Home, check_lineage_name, fsutil
 
 DUE_FRACTION = 1 / 3
+RENEWABLE = ("internal", "acme", REMOTE)  # the renewal/NAME.json sources `plan` knows
 
 
 @dataclass
@@ -59,6 +64,7 @@ class Outcome:
     version: int | None = None
     not_after: str | None = None
     error: str | None = None
+    needs_ca: bool = False  # due, but its CA is on another host (source "remote")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -146,13 +152,13 @@ def plan(
         leaf = pki.load_certs(lineage.cert, f"{name} cert.pem")[0]
     except NtspkiError as e:
         # A lineage that cannot be read is exactly one that needs a new version.
-        return Plan(name, source, 0, None, source in ("internal", "acme"), f"unreadable: {e}", params=params)
+        return Plan(name, source, 0, None, source in RENEWABLE, f"unreadable: {e}", params=params)
     start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
     renew_after = end - (end - start) * DUE_FRACTION
     p = Plan(
         name, source, lineage.version, end.isoformat(), False, "", renew_after.isoformat(), params=params, leaf=leaf
     )
-    if source not in ("internal", "acme"):
+    if source not in RENEWABLE:
         p.reason = f"no renewal configuration (renewal/{name}.json)"
         return p
     if force:
@@ -248,13 +254,21 @@ def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, o
         on_plan(plans)
     outcomes = []
     for p in plans:
-        if p.source not in ("internal", "acme"):
+        if p.source not in RENEWABLE:
             # Only an error when asked for by name: `renew --all` skips foreign lineages.
             error = f"{p.reason}: cannot renew it" if p.name in named else None
             outcomes.append(Outcome(p.name, p.source, False, p.reason, error=error))
-        elif not p.due or dry_run:
+        elif not p.due or dry_run or p.source == REMOTE:
             outcomes.append(
-                Outcome(p.name, p.source, p.due, p.reason, version=p.version or None, not_after=p.not_after)
+                Outcome(
+                    p.name,
+                    p.source,
+                    p.due,
+                    p.reason,
+                    version=p.version or None,
+                    not_after=p.not_after,
+                    needs_ca=p.due and p.source == REMOTE,
+                )
             )
         else:
             progress(f"renewing {p.name} ({p.reason})")

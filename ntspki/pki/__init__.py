@@ -112,7 +112,7 @@ def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
 
 
 def make_leaf(
-    key,
+    key,  # the server's key: private (issue) or public (ntspki sign: the private key is elsewhere)
     issuer_cert: x509.Certificate,
     issuer_key,
     sans: list[x509.GeneralName],
@@ -126,7 +126,8 @@ def make_leaf(
             f"the intermediate CA expires on {issuer_cert.not_valid_after_utc:%Y-%m-%d}: "
             f"use --days {max(left, 0)} or less, or make a new intermediate"
         )
-    if isinstance(key, keys.rsa.RSAPrivateKey):
+    public = key.public_key() if hasattr(key, "public_key") else key
+    if isinstance(public, keys.rsa.RSAPublicKey):
         # RSA: signatures (TLS 1.3) and, for old TLS 1.2 stacks, key transport.
         usage = dict(digital_signature=True, key_encipherment=True)
     else:
@@ -136,7 +137,7 @@ def make_leaf(
         # CN repeats the first name for humans and old tools; clients match on the SAN only.
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, str(sans[0].value))]))
         .issuer_name(issuer_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public)
         # Random positive serial (up to 159 bits), unpredictable as CA/B requires.
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -158,7 +159,7 @@ def make_leaf(
         # NTS-KE is TLS with the time server as TLS server.
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False)
         .add_extension(_aki(issuer_cert), critical=False)
         .sign(issuer_key, keys.signature_hash(issuer_key))
     )
