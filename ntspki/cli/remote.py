@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ntspki.cli import echo_json, fail, get_home
+from ntspki.errors import NtspkiError
 from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 
 
@@ -17,7 +18,7 @@ def _read_input(path: str, what: str) -> bytes:
     try:
         return Path(path).read_bytes()
     except OSError as e:
-        fail(f"cannot read {what} {path}: {e.strerror}", 2)
+        raise NtspkiError(f"cannot read {what} {path}: {e.strerror}", 2)
 
 
 def _write_output(out: str | None, data: str) -> None:

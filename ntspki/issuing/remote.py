@@ -15,6 +15,7 @@ so every extension is the CA's choice. A request asking to be a CA is refused ou
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class Requested:
 
 
 def make_csr(
-    home: Home, name: str, sans: list[str] = (), key_type: str = keys.DEFAULT_KEY_TYPE, force: bool = False
+    home: Home, name: str, sans: Sequence[str] = (), key_type: str = keys.DEFAULT_KEY_TYPE, force: bool = False
 ) -> Requested:
     if key_type not in keys.KEY_TYPES:
         raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
@@ -119,7 +120,7 @@ def load_csr(data: bytes, what: str = "the request") -> x509.CertificateSigningR
 
 def _requested_names(csr: x509.CertificateSigningRequest, extensions: x509.Extensions) -> list[str]:
     try:
-        san = extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        san: list[x509.GeneralName] = list(extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
     except x509.ExtensionNotFound:
         san = []
     out = []
