@@ -102,7 +102,9 @@ class Checker:
         critical_days: int,
         do_probe: bool,
         timeout: float,
+        trust_bundle: list | None = None,
     ):
+        self.trust_bundle = trust_bundle or []  # roots every NTS client should trust (--trust-bundle)
         self.conf, self.who = conf, who
         self.ca_files = tuple(ca_files)
         self.warn_days, self.critical_days = warn_days, critical_days
@@ -580,6 +582,8 @@ class Checker:
             if d.args:
                 self.trust_path(d.args[-1], d.where)
         system = self.conf.last("nosystemcert") is None
+        if self.trust_bundle:
+            self.bundle_coverage(sources, trusted)
         for src in sources:
             files = trusted.get(src.certset, [])
             with_system = system and src.certset == 0
@@ -597,6 +601,25 @@ class Checker:
             self.name_type(src)
             if self.do_probe:
                 self.probe_source(src, files, with_system)
+
+    def bundle_coverage(self, sources, trusted: dict[int, list[str]]) -> None:
+        """During a root rollover: does each certificate set NTS sources use hold every bundle root?"""
+        from ntspki.pki import bundle
+
+        for certset in sorted({s.certset for s in sources}):
+            files = trusted.get(certset, [])
+            lacking = bundle.missing(self.trust_bundle, [c for f in files for c in bundle.read_trusted(f)])
+            if lacking:
+                self.add(
+                    "warning",
+                    "trust-bundle-missing",
+                    f"certificate set {certset} ({', '.join(files) or 'no ntstrustedcerts'}) lacks "
+                    f"{', '.join(c.subject.rfc4514_string() for c in lacking)} from the trust bundle: NTS-KE "
+                    "fails once the servers present that root's chain (after `ntspki ca rollover switch`)",
+                    "copy the bundle (ntspki trust export --out FILE) to the file ntstrustedcerts names",
+                )
+            else:
+                self.add("ok", "trust-bundle", f"certificate set {certset} trusts every root of the trust bundle")
 
     def trust_path(self, path: str, where: str) -> None:
         if not os.path.exists(path):
@@ -693,16 +716,24 @@ def check(
     critical_days: int = 7,
     probe: bool = False,
     timeout: float = 5.0,
+    trust_bundle: str | None = None,
 ) -> Report:
     if critical_days > warn_days:
         raise NtspkiError("--critical-days must not be more than --warn-days", 2)
+    bundle_roots = None
+    if trust_bundle is not None:
+        from ntspki.pki import bundle
+
+        bundle_roots = bundle.read_trusted(trust_bundle) if Path(trust_bundle).is_file() else []
+        if not bundle_roots:
+            raise NtspkiError(f"--trust-bundle {trust_bundle}: no readable PEM certificate in it", 3)
     conf = chronyconf.parse(conf_path)
     name = user or conf.value("user") or services.get("chrony").user()
     try:
         who = access.Reader.named(name)
     except access.UnknownUser:
         raise NtspkiError(f"no such user {name!r} (chronyd's run user)", 3)
-    return Checker(conf, who, ca_files, warn_days, critical_days, probe, timeout).run()
+    return Checker(conf, who, ca_files, warn_days, critical_days, probe, timeout, bundle_roots).run()
 
 
 # ---- node_exporter textfile ----------------------------------------------------------------------

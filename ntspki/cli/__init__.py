@@ -35,6 +35,9 @@ COMMANDS = {
     "csr": "ntspki.cli.remote:csr",
     "sign": "ntspki.cli.remote:sign",
     "install": "ntspki.cli.remote:install",
+    "revoke": "ntspki.cli.revoke:revoke",
+    "crl": "ntspki.cli.revoke:crl",
+    "trust": "ntspki.cli.trust:trust",
 }
 
 

@@ -27,6 +27,12 @@ MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL"
     help="Verify served chains against FILE (repeatable). Default: the system trust store.",
 )
 @click.option(
+    "--trust-bundle",
+    type=click.Path(dir_okay=False),
+    metavar="FILE",
+    help="Warn when the client's ntstrustedcerts lacks a root of FILE (ntspki trust export; for root rollovers).",
+)
+@click.option(
     "--user", metavar="USER", help="chronyd's run user. Default: the `user` directive, else _chrony or chrony."
 )
 @click.option(
@@ -67,7 +73,7 @@ MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL"
     metavar="FILE",
     help="Also write node_exporter textfile metrics to FILE (atomically).",
 )
-def check(conf, ca_files, user, warn_days, critical_days, do_probe, timeout, verbose, as_json, prom):
+def check(conf, ca_files, trust_bundle, user, warn_days, critical_days, do_probe, timeout, verbose, as_json, prom):
     """Audit chrony's NTS server and client configuration: certificate chains, keys, permissions as
     chronyd's user sees them, ntsdumpdir, trust for NTS sources and (with --probe) what is served.
 
@@ -83,6 +89,7 @@ def check(conf, ca_files, user, warn_days, critical_days, do_probe, timeout, ver
         critical_days=critical_days,
         probe=do_probe,
         timeout=timeout,
+        trust_bundle=trust_bundle,
     )
     if prom:
         check_mod.write_prometheus(report, prom)

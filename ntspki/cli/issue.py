@@ -78,7 +78,11 @@ def _days_left(not_after: str) -> int:
 @click.pass_context
 def list_(ctx, expiring, as_json):
     """List every lineage's current certificate (from the ledger)."""
+    from ntspki.issuing import ca as ca_mod
+
     home = get_home(ctx).require_readable()
+    for w in ca_mod.quick_warnings(home):  # on stderr: the table and the JSON keep their shape
+        click.echo(f"ntspki: warning: {w['message']} (fix: {w['fix']})", err=True)
     rows = home.ledger.rows() if home.ledger_path.exists() else []
     for r in rows:
         r["days_left"] = _days_left(r["not_after"])

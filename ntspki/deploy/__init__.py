@@ -48,7 +48,7 @@ from ntspki.deploy.deployconfig import Target
 from ntspki.errors import NtspkiError
 from ntspki.pki import keys, names
 from ntspki.servers import services
-from ntspki.store import Home, access, fsutil, read_live_dir
+from ntspki.store import Home, access, fsutil, ledger, read_live_dir
 
 log = logging.getLogger("ntspki.deploy")
 
@@ -171,6 +171,7 @@ def load_source(target: Target) -> Pair:
         raise NtspkiError(f"{src}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_before_utc > now:
         raise NtspkiError(f"{src}: the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    ledger.refuse_revoked(src, leaf)
     wanted = list(target.names) if target.names else None
     if target.probe_name:
         wanted = (wanted or pki.san_strings(leaf)) + [target.probe_name]

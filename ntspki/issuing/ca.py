@@ -1,12 +1,28 @@
-"""The site CA on disk: a root (key encrypted at rest) and the intermediate that issues."""
+"""The site CA on disk: a root (key encrypted at rest) and the intermediate that issues.
+
+    ca/root.pem, ca/intermediate.pem       the issuing chain: what `issue` signs with
+    ca/private/root.key                    encrypted (PBKDF2-HMAC-SHA256, keys.KDF_ROUNDS)
+    ca/private/intermediate.key
+    ca/trust.pem                           every root clients must trust now (trust.py)
+    ca/crl.pem                             the CRLs (revocation.py)
+    ca/retired/SERIAL.pem, ca/private/retired/SERIAL.key
+                                           intermediates replaced by rotate-intermediate or a root
+                                           rollover: their certificates live on, so they still sign CRLs
+    ca/next/, ca/previous/, ca/rollover.json   a root rollover under way (rollover.py)
+
+Everything a CA is lives under ca/: `create --force` swaps the whole directory in one step.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
 import os
 import secrets
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 
@@ -14,6 +30,11 @@ from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.pki import keys
 from ntspki.store import Home, fsutil
+
+# Expiry thresholds for the CA's own certificates: the same as `ntspki check` uses for the chain.
+WARN_DAYS = 21
+CRITICAL_DAYS = 7
+NAME_MAX = 40  # "NAME root CA 1234abcd" must fit the 64 characters X.520 allows a common name
 
 
 @dataclass
@@ -40,6 +61,13 @@ def refuse_overwrite(home: Home, force: bool) -> None:
         )
 
 
+def check_name(name: str) -> str:
+    """--name: the organisation of the CA certificates and the start of their common names."""
+    if not name or name != name.strip() or len(name) > NAME_MAX or not name.isprintable():
+        raise NtspkiError(f"bad --name {name!r}: 1 to {NAME_MAX} printable characters, no outer spaces", 2)
+    return name
+
+
 def name_constraints(permit_dns=(), permit_ip=()) -> tuple[list[str], list[str]]:
     """Checked, normalised --permit-dns domains and --permit-ip networks."""
     import ipaddress
@@ -54,6 +82,53 @@ def name_constraints(permit_dns=(), permit_ip=()) -> tuple[list[str], list[str]]
     return [names.normalize_dns_name(d) for d in permit_dns], list(permit_ip)
 
 
+def constraints_of(cert: x509.Certificate) -> tuple[list[str], list[str]]:
+    """The permitted DNS domains and IP networks of a CA certificate (empty: unconstrained)."""
+    try:
+        nc = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+    except x509.ExtensionNotFound:
+        return [], []
+    subtrees = nc.permitted_subtrees or []
+    return (
+        [str(p.value) for p in subtrees if isinstance(p, x509.DNSName)],
+        [str(p.value) for p in subtrees if isinstance(p, x509.IPAddress)],
+    )
+
+
+def tag() -> str:
+    """Distinguishes CAs of different sites, labs and generations in trust stores and CRL issuers."""
+    return secrets.token_hex(4)
+
+
+def build_into(
+    directory: Path,
+    key_type: str,
+    passphrase: bytes | None,
+    root_days: int,
+    intermediate_days: int,
+    permit_dns: list[str],
+    permit_ip: list[str],
+    name: str,
+) -> CA:
+    """A complete CA (root, intermediate, keys) written into `directory` (which must not exist):
+    keys first, certificates last. Shared by `create` and a root rollover's new generation."""
+    t = tag()
+    root_key = keys.generate(key_type)
+    root = pki.make_root(root_key, f"{name} root CA {t}", root_days, org=name)
+    inter_key = keys.generate(key_type)
+    inter = pki.make_intermediate(
+        inter_key, root, root_key, f"{name} intermediate CA {t}", intermediate_days, permit_dns, permit_ip
+    )
+    root_pem = keys.private_pem(root_key, passphrase)  # any passphrase problem shows here, before a write
+    directory.mkdir(mode=0o755)
+    fsutil.make_private_dir(directory / "private")
+    fsutil.atomic_write(directory / "private" / "root.key", root_pem, 0o600)
+    fsutil.atomic_write(directory / "private" / "intermediate.key", keys.private_pem(inter_key), 0o600)
+    fsutil.atomic_write(directory / "intermediate.pem", pki.cert_pem(inter), 0o644)
+    fsutil.atomic_write(directory / "root.pem", pki.cert_pem(root), 0o644)
+    return CA(root, inter, inter_key)
+
+
 def create(
     home: Home,
     key_type: str = keys.DEFAULT_KEY_TYPE,
@@ -65,28 +140,44 @@ def create(
     force: bool = False,
     name: str = "ntspki",
 ) -> CA:
+    """A new CA. With force, the old one keeps working until the new one is complete on disk; then
+    the two ca/ directories swap in one rename and the old one is kept as HOME/ca.old-DATE-XXXX."""
+    check_name(name)
     home.ensure()
     with home.lock():
         refuse_overwrite(home, force)
-        aside = None
-        if exists(home):
-            aside = home.path / f"ca.old-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
-        tag = secrets.token_hex(4)  # distinguishes CAs of different sites/labs in trust stores
-        root_key = keys.generate(key_type)
-        root = pki.make_root(root_key, f"{name} root CA {tag}", root_days)
-        inter_key = keys.generate(key_type)
-        inter = pki.make_intermediate(
-            inter_key, root, root_key, f"{name} intermediate CA {tag}", intermediate_days, permit_dns, permit_ip
-        )
-        if aside is not None:
-            os.rename(home.ca_dir, aside)
-            home.ensure()
-        # Keys first, certificates last: root.pem appearing means the CA is complete.
-        fsutil.atomic_write(home.private_dir / "root.key", keys.private_pem(root_key, passphrase), 0o600)
-        fsutil.atomic_write(home.private_dir / "intermediate.key", keys.private_pem(inter_key), 0o600)
-        fsutil.atomic_write(home.ca_dir / "intermediate.pem", pki.cert_pem(inter), 0o644)
-        fsutil.atomic_write(home.ca_dir / "root.pem", pki.cert_pem(root), 0o644)
-    return CA(root, inter, inter_key)
+        for stale in home.path.glob(".ca.new-*"):  # a killed create's (it may hold key copies)
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = home.path / f".ca.new-{secrets.token_hex(4)}"
+        try:
+            made = build_into(
+                staging, key_type, passphrase, root_days, intermediate_days, list(permit_dns), list(permit_ip), name
+            )
+            from ntspki.issuing import trust
+
+            trust.write_bundle(staging, [made.root])
+            _swap_in(home, staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    return made
+
+
+def _swap_in(home: Home, staging: Path) -> None:
+    old = home.ca_dir
+    aside = home.path / f"ca.old-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    if not old.exists():
+        os.rename(staging, old)
+    elif fsutil.exchange(staging, old):
+        # `staging` now holds the old CA. An empty ca/ (a fresh home) is not worth keeping.
+        if any(p.is_file() for p in staging.rglob("*")):
+            os.rename(staging, aside)
+        else:
+            shutil.rmtree(staging)
+    else:
+        os.rename(old, aside)
+        os.rename(staging, old)
+    fsutil.fsync_dir(home.path)
 
 
 def load(home: Home) -> CA:
@@ -104,7 +195,85 @@ def load(home: Home) -> CA:
     return CA(root, inter, keys.load_private_pem(key_pem, what="intermediate CA key"))
 
 
-def new_intermediate(
+def load_root_key(home: Home, passphrase: bytes | None, directory: Path | None = None):
+    path = (directory or home.ca_dir) / "private" / "root.key"
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise NtspkiError(f"cannot read the root CA key {path}: {e.strerror}")
+    return keys.load_private_pem(data, passphrase, what=f"root CA key {path}")
+
+
+def root_key_encrypted(home: Home) -> bool:
+    try:
+        return b"ENCRYPTED" in (home.private_dir / "root.key").read_bytes()[:64]
+    except OSError as e:
+        raise NtspkiError(f"cannot read the root CA key {home.private_dir / 'root.key'}: {e.strerror}")
+
+
+# ---- intermediates ------------------------------------------------------------------------------
+
+
+def serial_hex(cert: x509.Certificate) -> str:
+    return format(cert.serial_number, "x")
+
+
+def retire(home: Home, cert: x509.Certificate, key_pem: bytes) -> None:
+    """Keep an intermediate that is leaving service: its certificates still need its CRLs.
+    Key first, certificate last (the certificate's presence means both are there)."""
+    cert_path = home.ca_dir / "retired" / f"{serial_hex(cert)}.pem"
+    if cert_path.exists():
+        return
+    fsutil.make_private_dir(home.private_dir / "retired")
+    cert_path.parent.mkdir(mode=0o755, exist_ok=True)
+    fsutil.atomic_write(home.private_dir / "retired" / f"{serial_hex(cert)}.key", key_pem, 0o600)
+    fsutil.atomic_write(cert_path, pki.cert_pem(cert), 0o644)
+
+
+@dataclass
+class Issuer:
+    """An intermediate whose key ntspki holds: the current one or a retired one."""
+
+    cert: x509.Certificate
+    key_path: Path
+    current: bool
+
+    def key(self):
+        return keys.load_private_pem(self.key_path.read_bytes(), what=f"intermediate CA key {self.key_path}")
+
+
+def issuers(home: Home) -> list[Issuer]:
+    """The current intermediate first, then the retired ones (newest first)."""
+    out = []
+    current = home.ca_dir / "intermediate.pem"
+    if current.exists():
+        out.append(
+            Issuer(x509.load_pem_x509_certificate(current.read_bytes()), home.private_dir / "intermediate.key", True)
+        )
+    retired = sorted((home.ca_dir / "retired").glob("*.pem"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for p in retired:
+        out.append(
+            Issuer(
+                x509.load_pem_x509_certificate(p.read_bytes()), home.private_dir / "retired" / f"{p.stem}.key", False
+            )
+        )
+    return out
+
+
+def issuer_of(home: Home, cert: x509.Certificate) -> Issuer | None:
+    """Which of the site's intermediates signed `cert` (by signature, not by name)."""
+    for issuer in issuers(home):
+        if cert.issuer != issuer.cert.subject:
+            continue
+        try:
+            cert.verify_directly_issued_by(issuer.cert)
+            return issuer
+        except (ValueError, TypeError, Exception):
+            continue
+    return None
+
+
+def rotate_intermediate(
     home: Home,
     passphrase: bytes | None,
     intermediate_days: int = pki.INTERMEDIATE_DAYS,
@@ -112,19 +281,169 @@ def new_intermediate(
     permit_ip: Sequence[str] = (),
     key_type: str | None = None,
 ) -> CA:
-    """A fresh intermediate signed by the existing root (needs the root passphrase)."""
+    """A fresh intermediate signed by the same root (needs the root passphrase). New issuance uses
+    it; certificates of the old one stay valid (clients trust the root) and it is retired, not
+    deleted. Name constraints carry over unless new ones are given."""
     ca = load(home)
-    root_key = keys.load_private_pem((home.private_dir / "root.key").read_bytes(), passphrase, what="root CA key")
+    root_key = load_root_key(home, passphrase)  # a wrong passphrase fails here, before any write
+    if not keys.key_matches_cert(root_key, ca.root):
+        raise NtspkiError(f"{home.private_dir / 'root.key'} is not the key of {home.ca_dir / 'root.pem'}")
+    if not (permit_dns or permit_ip):
+        permit_dns, permit_ip = constraints_of(ca.intermediate)
     with home.lock():
         key = keys.generate(key_type or keys.key_type_of(ca.intermediate_key))
-        cn = str(ca.intermediate.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
-        inter = pki.make_intermediate(key, ca.root, root_key, cn, intermediate_days, permit_dns, permit_ip)
-        # The old pair stays in place (and is kept as *.old) until each new file replaces it in
-        # one rename: a crash never leaves the CA without an intermediate.
-        for path in (home.private_dir / "intermediate.key", home.ca_dir / "intermediate.pem"):
-            backup = path.with_name(path.name + ".old")
-            backup.unlink(missing_ok=True)
-            os.link(path, backup)
+        org = pki.organization(ca.root) or "ntspki"
+        inter = pki.make_intermediate(
+            key,
+            ca.root,
+            root_key,
+            f"{org} intermediate CA {tag()}",
+            intermediate_days,
+            list(permit_dns),
+            list(permit_ip),
+        )
+        retire(home, ca.intermediate, (home.private_dir / "intermediate.key").read_bytes())
+        # Key first, certificate last; a crash in between leaves a pair that `load` reads but that
+        # fails issue's key check, and running this again replaces both.
         fsutil.atomic_write(home.private_dir / "intermediate.key", keys.private_pem(key), 0o600)
         fsutil.atomic_write(home.ca_dir / "intermediate.pem", pki.cert_pem(inter), 0o644)
     return CA(ca.root, inter, key)
+
+
+# ---- status --------------------------------------------------------------------------------------
+
+
+def days_left(cert: x509.Certificate, now: dt.datetime | None = None) -> float:
+    return (cert.not_valid_after_utc - (now or pki.now())).total_seconds() / 86400
+
+
+def cert_status(cert: x509.Certificate, now: dt.datetime | None = None) -> dict:
+    info = pki.CertInfo.of(cert)
+    return {
+        "subject": info.subject,
+        "key_type": keys.key_type_of(cert.public_key()),
+        "serial": info.serial,
+        "sha256": info.sha256,
+        "not_before": info.not_before,
+        "not_after": info.not_after,
+        "days_left": round(days_left(cert, now), 1),
+    }
+
+
+def expiry_warnings(
+    label: str,
+    cert: x509.Certificate,
+    warn_days: int = WARN_DAYS,
+    critical_days: int = CRITICAL_DAYS,
+    now: dt.datetime | None = None,
+) -> list[dict]:
+    days = days_left(cert, now)
+    fix = (
+        "ntspki ca rotate-intermediate"
+        if label == "intermediate"
+        else "ntspki ca rollover start, then switch and finish"
+    )
+    if days < 0:
+        return [
+            {
+                "severity": "critical",
+                "code": f"{label}-expired",
+                "message": f"the {label} CA expired on {cert.not_valid_after_utc:%Y-%m-%d}",
+                "fix": fix,
+            }
+        ]
+    if days < critical_days:
+        severity = "critical"
+    elif days < warn_days:
+        severity = "warning"
+    else:
+        return []
+    return [
+        {
+            "severity": severity,
+            "code": f"{label}-expiring",
+            "message": f"the {label} CA expires in {days:.1f} days ({cert.not_valid_after_utc:%Y-%m-%d})",
+            "fix": fix,
+        }
+    ]
+
+
+def status(home: Home, warn_days: int = WARN_DAYS, critical_days: int = CRITICAL_DAYS) -> dict:
+    """Everything `ca status` shows, as one JSON-able dict."""
+    from ntspki.issuing import revocation, rollover, trust
+
+    if critical_days > warn_days:
+        raise NtspkiError("--critical-days must not be more than --warn-days", 2)
+    ca = load(home)
+    now = pki.now()
+    root_key_pem = (home.private_dir / "root.key").read_bytes()
+    dns, ips = constraints_of(ca.intermediate)
+    warnings = expiry_warnings("root", ca.root, warn_days, critical_days, now) + expiry_warnings(
+        "intermediate", ca.intermediate, warn_days, critical_days, now
+    )
+    bundle = trust.bundle(home)
+    state = rollover.state(home)
+    out: dict[str, Any] = {
+        "home": str(home.path),
+        "root": {
+            **cert_status(ca.root, now),
+            "path": str(home.ca_dir / "root.pem"),
+            "key_encrypted": b"ENCRYPTED" in root_key_pem[:64],
+            "kdf_rounds": keys.kdf_rounds(root_key_pem),
+        },
+        "intermediate": {
+            **cert_status(ca.intermediate, now),
+            "path": str(home.ca_dir / "intermediate.pem"),
+            "permit_dns": dns,
+            "permit_ip": ips,
+        },
+        "retired_intermediates": [cert_status(i.cert, now) for i in issuers(home) if not i.current],
+        "rollover": rollover.describe(home, state, now),
+        "trust_bundle": {
+            "path": str(trust.bundle_path(home)),
+            "roots": [
+                {
+                    "subject": c.subject.rfc4514_string(),
+                    "sha256": pki.fingerprint(c),
+                    "not_after": c.not_valid_after_utc.isoformat(),
+                }
+                for c in bundle
+            ],
+        },
+        "crl": revocation.crl_status(home, now),
+    }
+    if not any(pki.fingerprint(c) == pki.fingerprint(ca.root) for c in bundle):
+        warnings.append(
+            {
+                "severity": "critical",
+                "code": "root-not-in-bundle",
+                "message": f"the issuing root is not in {trust.bundle_path(home)}",
+                "fix": "ntspki ca rollover switch (or finish) to complete the rollover",
+            }
+        )
+    if out["root"]["key_encrypted"] and (out["root"]["kdf_rounds"] or 0) < keys.KDF_ROUNDS:
+        warnings.append(
+            {
+                "severity": "warning",
+                "code": "root-key-weak-kdf",
+                "message": f"the root key is encrypted with a fast key derivation "
+                f"({out['root']['kdf_rounds'] or 'not PBKDF2'} rounds): a stolen copy is "
+                "cheap to attack",
+                "fix": f"a root rollover makes a new key with {keys.KDF_ROUNDS} rounds",
+            }
+        )
+    warnings += revocation.crl_warnings(out["crl"])
+    out["warnings"] = warnings
+    severities = {w["severity"] for w in warnings}
+    out["status"] = "CRITICAL" if "critical" in severities else "WARNING" if severities else "OK"
+    return out
+
+
+def quick_warnings(home: Home) -> list[dict]:
+    """The CA's expiry warnings, for `list`: cheap, and silent when there is no CA."""
+    try:
+        root = x509.load_pem_x509_certificate((home.ca_dir / "root.pem").read_bytes())
+        inter = x509.load_pem_x509_certificate((home.ca_dir / "intermediate.pem").read_bytes())
+    except (OSError, ValueError):
+        return []
+    return expiry_warnings("root", root) + expiry_warnings("intermediate", inter)

@@ -30,7 +30,7 @@ from cryptography import x509
 from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing.remote import SOURCE as REMOTE
-from ntspki.store import Home, check_lineage_name, fsutil
+from ntspki.store import Home, check_lineage_name, fsutil, ledger
 
 DUE_FRACTION = 1 / 3
 RENEWABLE = ("internal", "acme", REMOTE)  # the renewal/NAME.json sources `plan` knows
@@ -163,6 +163,10 @@ def plan(
         return p
     if force:
         p.due, p.reason = True, "forced"
+        return p
+    revoked = ledger.revoked(home.path, leaf.serial_number)
+    if revoked:
+        p.due, p.reason = True, f"revoked on {revoked['revoked_at'][:10]} ({revoked['reason']})"
         return p
     if end <= now:
         p.due, p.reason = True, f"expired on {end:%Y-%m-%d}"

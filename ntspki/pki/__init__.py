@@ -30,10 +30,13 @@ def now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(microsecond=0)
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name(
-        [x509.NameAttribute(NameOID.ORGANIZATION_NAME, "ntspki"), x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-    )
+def _name(cn: str, org: str = "ntspki") -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org), x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def organization(cert: x509.Certificate) -> str | None:
+    attrs = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return str(attrs[0].value) if attrs else None
 
 
 def _ca_key_usage() -> x509.KeyUsage:
@@ -51,12 +54,12 @@ def _ca_key_usage() -> x509.KeyUsage:
     )
 
 
-def make_root(key, cn: str, days: int = ROOT_DAYS) -> x509.Certificate:
+def make_root(key, cn: str, days: int = ROOT_DAYS, org: str = "ntspki") -> x509.Certificate:
     start = now() - BACKDATE
     return (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
-        .issuer_name(_name(cn))
+        .subject_name(_name(cn, org))
+        .issuer_name(_name(cn, org))
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -82,7 +85,7 @@ def make_intermediate(
     end = min(start + dt.timedelta(days=days), root_cert.not_valid_after_utc)
     builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(cn))
+        .subject_name(_name(cn, organization(root_cert) or "ntspki"))
         .issuer_name(root_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())

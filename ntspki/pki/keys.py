@@ -46,8 +46,85 @@ def signature_hash(key):
 
 def private_pem(key, passphrase: bytes | None = None) -> bytes:
     """PKCS#8 PEM (what chronyd, NTPsec and ntpd-rs all load), encrypted only when asked."""
-    encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+    if passphrase:
+        return encrypted_pkcs8_pem(key, passphrase)
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+# A stolen encrypted root key is attacked offline, one passphrase guess per key derivation: OWASP's
+# 2023 floor for PBKDF2-HMAC-SHA256. `BestAvailableEncryption` uses 2048 rounds, and `cryptography`
+# (50) offers no rounds setting for PKCS#8 (its encryption_builder is OpenSSH and PKCS#12 only).
+KDF_ROUNDS = 600_000
+# DER of the four algorithm identifiers of RFC 8018 PBES2 that OpenSSL and `cryptography` both read.
+_OID_PBES2 = bytes.fromhex("06092a864886f70d01050d")  # 1.2.840.113549.1.5.13
+_OID_PBKDF2 = bytes.fromhex("06092a864886f70d01050c")  # 1.2.840.113549.1.5.12
+_OID_HMAC_SHA256 = bytes.fromhex("06082a864886f70d0209")  # 1.2.840.113549.2.9
+_OID_AES256_CBC = bytes.fromhex("060960864801650304012a")  # 2.16.840.1.101.3.4.1.42
+
+
+def _der(tag: int, content: bytes) -> bytes:
+    n = len(content)
+    if n < 0x80:
+        return bytes([tag, n]) + content
+    raw = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(raw)]) + raw + content
+
+
+def _seq(*parts: bytes) -> bytes:
+    return _der(0x30, b"".join(parts))
+
+
+def encrypted_pkcs8_pem(key, passphrase: bytes, rounds: int = KDF_ROUNDS) -> bytes:
+    """An RFC 5958 EncryptedPrivateKeyInfo: PBES2 with PBKDF2-HMAC-SHA256 (`rounds`) and AES-256-CBC,
+    exactly what `openssl pkcs8 -topk8 -v2 aes-256-cbc -v2prf hmacWithSHA256 -iter N` writes."""
+    import base64
+    import os
+
+    from cryptography.hazmat.primitives import padding
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.kdf.pbkdf2 import PBKDF2HMAC
+
+    plain = key.private_bytes(
+        serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    salt, iv = os.urandom(16), os.urandom(16)
+    secret = PBKDF2HMAC(hashes.SHA256(), 32, salt, rounds).derive(passphrase)
+    padder = padding.PKCS7(128).padder()
+    encryptor = Cipher(algorithms.AES(secret), modes.CBC(iv)).encryptor()
+    sealed = encryptor.update(padder.update(plain) + padder.finalize()) + encryptor.finalize()
+    kdf = _seq(
+        _OID_PBKDF2,
+        _seq(
+            _der(0x04, salt),
+            _der(0x02, rounds.to_bytes(rounds.bit_length() // 8 + 1, "big")),
+            _seq(_OID_HMAC_SHA256, b"\x05\x00"),
+        ),
+    )
+    algorithm = _seq(_OID_PBES2, _seq(kdf, _seq(_OID_AES256_CBC, _der(0x04, iv))))
+    b64 = base64.b64encode(_seq(algorithm, _der(0x04, sealed)))
+    body = b"\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    return b"-----BEGIN ENCRYPTED PRIVATE KEY-----\n" + body + b"\n-----END ENCRYPTED PRIVATE KEY-----\n"
+
+
+def kdf_rounds(pem: bytes) -> int | None:
+    """The PBKDF2 rounds of an encrypted PKCS#8 PEM key (None: not PBES2/PBKDF2, or not encrypted)."""
+    import base64
+
+    lines = pem.strip().splitlines()
+    if not lines or lines[0] != b"-----BEGIN ENCRYPTED PRIVATE KEY-----":
+        return None
+    der = base64.b64decode(b"".join(lines[1:-1]))
+    at = der.find(_OID_PBKDF2)
+    if at < 0:
+        return None
+    # PBKDF2 OID, params SEQUENCE, salt OCTET STRING, then the rounds INTEGER.
+    i = at + len(_OID_PBKDF2) + 2
+    i += 2 + der[i + 1]
+    if der[i] != 0x02:
+        return None
+    return int.from_bytes(der[i + 2 : i + 2 + der[i + 1]], "big")
 
 
 class EncryptedKey(NtspkiError):

@@ -66,11 +66,31 @@ def atomic_symlink(target: str, link: Path) -> None:
 
 def make_private_dir(path: Path, mode: int = 0o700) -> None:
     """mkdir -p with `mode` on every directory created, and `mode` enforced on `path` itself
-    when it already existed (a new one has it: the umask only ever removes bits)."""
+    when it already existed (a new one has it: the umask only ever removes bits). A symlink is
+    left alone: chmod would change its target, which may be anywhere (keys are 0600 regardless)."""
     try:
         path.mkdir(mode=mode, parents=True)
     except FileExistsError:
-        os.chmod(path, mode)
+        if not os.path.islink(path):
+            os.chmod(path, mode)
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (renameat2 RENAME_EXCHANGE): nobody ever sees neither.
+    False when the kernel or file system cannot (the caller then renames in two steps)."""
+    import ctypes
+    import errno
+
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(a))
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""The issuance ledger: one SQLite row per certificate version ntspki wrote."""
+"""The issuance ledger: one SQLite row per certificate version ntspki wrote, and one per revocation."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ CREATE TABLE IF NOT EXISTS certificates (
     source      TEXT NOT NULL DEFAULT 'internal',
     issued_at   TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
     UNIQUE (name, version)
+);
+CREATE TABLE IF NOT EXISTS revocations (
+    serial      TEXT PRIMARY KEY,       -- lowercase hex, as in certificates.serial
+    name        TEXT,
+    version     INTEGER,
+    issuer      TEXT NOT NULL,          -- SHA-256 of the intermediate that issued it
+    not_after   TEXT NOT NULL,
+    reason      TEXT NOT NULL,
+    revoked_at  TEXT NOT NULL
 );
 """
 
@@ -72,3 +81,66 @@ class Ledger:
             d["sans"] = json.loads(d["sans"])
             out.append(d)
         return out
+
+    # -- revocations (ntspki.issuing.revocation writes them; deploy refuses what they list) ----------
+    def revoke(
+        self,
+        serial: str,
+        name: str | None,
+        version: int | None,
+        issuer: str,
+        not_after: str,
+        reason: str,
+        revoked_at: str,
+    ) -> tuple[dict, bool]:
+        """Record a revocation unless there is one already: the row, and whether it is new."""
+        cur = self.db.execute(
+            "INSERT OR IGNORE INTO revocations (serial, name, version, issuer, not_after, reason, revoked_at) "
+            "VALUES (?,?,?,?,?,?,?)",
+            (serial, name, version, issuer, not_after, reason, revoked_at),
+        )
+        row = self.db.execute("SELECT * FROM revocations WHERE serial = ?", (serial,)).fetchone()
+        return dict(row), cur.rowcount == 1
+
+    def revocations(self) -> list[dict]:
+        return [dict(r) for r in self.db.execute("SELECT * FROM revocations ORDER BY revoked_at, serial")]
+
+
+def revoked(home_path: Path, serial: int) -> dict | None:
+    """The revocation of `serial` in the ledger of the ntspki home at `home_path` (None: not revoked,
+    or no ledger there). Read-only: deploy may run where the home cannot be written."""
+    from ntspki.errors import NtspkiError
+
+    path = Path(home_path) / "ledger.sqlite3"
+    if not path.exists():
+        return None
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            db.row_factory = sqlite3.Row
+            row = db.execute("SELECT * FROM revocations WHERE serial = ?", (format(serial, "x"),)).fetchone()
+        finally:
+            db.close()
+    except sqlite3.OperationalError as e:
+        if "no such table" in str(e):
+            return None  # a ledger from before revocations: nothing was ever revoked
+        raise NtspkiError(f"cannot read revocations from {path}: {e}")
+    except sqlite3.DatabaseError as e:
+        raise NtspkiError(f"cannot read revocations from {path}: {e}")
+    return dict(row) if row else None
+
+
+def refuse_revoked(live_dir: Path, cert) -> None:
+    """Raise when `cert`, read from lineage directory `live_dir`, is revoked in the ledger of the
+    ntspki home that holds it (HOME/live/NAME). Other sources, such as certbot's, have no ledger."""
+    from ntspki.errors import NtspkiError
+
+    live_dir = Path(live_dir)
+    if live_dir.parent.name != "live":
+        return
+    row = revoked(live_dir.parent.parent, cert.serial_number)
+    if row:
+        raise NtspkiError(
+            f"{live_dir}: certificate {row['serial']} was revoked on {row['revoked_at'][:10]} ({row['reason']}): "
+            f"re-issue it first (`ntspki renew {row['name'] or live_dir.name}`)"
+        )
