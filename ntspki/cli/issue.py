@@ -111,8 +111,6 @@ def show(ctx, name, as_json):
     """Show a lineage: names, validity, fingerprint, versions and a chain check."""
     from dataclasses import asdict
 
-    from cryptography import x509
-
     from ntspki import pki
     from ntspki.errors import NtspkiError
     from ntspki.pki import keys
@@ -136,9 +134,9 @@ def show(ctx, name, as_json):
     except NtspkiError as e:
         info["key_matches"] = False
         info["key_error"] = str(e)
-    root_path = home.ca_dir / "root.pem"
+    root_path = home.trust_path
     try:
-        roots = [x509.load_pem_x509_certificate(root_path.read_bytes())] if root_path.exists() else []
+        roots = pki.load_certs(root_path.read_bytes(), str(root_path)) if root_path.exists() else []
         if not roots:
             raise NtspkiError("no site CA to check against")
         pki.verify_chain(roots, chain)

@@ -19,7 +19,7 @@
     probe = "127.0.0.1:4460"      # where to check the served certificate; false: don't
     probe_name = "ntpserver"      # name to verify (default: the certificate's first name)
     probe_timeout = 10            # seconds to wait for the server to serve the new certificate
-    ca = ["/etc/ntspki/ca/root.pem"]  # trust for the chain check (default: the site CA for ntspki
+    ca = ["/etc/ntspki/ca/trust.pem"]  # trust for the chain check (default: the site's trust.pem for ntspki
                                   # lineages, the system store for others)
     names = ["ntpserver"]         # names the certificate must cover (default: all it has)
 
@@ -166,7 +166,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         raise NtspkiError(f"{where}: ca must be a file or a list of files", 2)
     ca_paths = [path(c, "ca") for c in ca]
     if not ca_paths and lineage is not None:
-        ca_paths = [home.ca_dir / "root.pem"]
+        ca_paths = [home.trust_path]
 
     conf = settings.get("service_conf")
     service_conf = path(conf, "service_conf") if conf else service.conf_file()

@@ -38,9 +38,7 @@ def write_bundle(ca_dir: Path, roots: list[x509.Certificate]) -> None:
 
 def bundle(home: Home) -> list[x509.Certificate]:
     """The roots clients must trust now (a CA made before trust.pem existed: its root)."""
-    path = bundle_path(home)
-    if not path.exists():
-        path = home.ca_dir / "root.pem"
+    path = home.trust_path
     try:
         return pki.load_certs(path.read_bytes(), str(path))
     except OSError as e:

@@ -1,6 +1,7 @@
 """ntspki's home directory: the CA, certbot-compatible lineages, the ledger and the lock.
 
-    HOME/ca/root.pem                  what clients put in `ntstrustedcerts`
+    HOME/ca/root.pem                  the issuing root
+    HOME/ca/trust.pem                 what clients put in `ntstrustedcerts` (both roots in a rollover)
     HOME/ca/intermediate.pem
     HOME/ca/private/{root,intermediate}.key     (0700 directory, 0600 keys; root key encrypted)
     HOME/archive/NAME/{cert,chain,fullchain,privkey}N.pem
@@ -93,6 +94,13 @@ class Home:
         if not os.access(self.path, os.R_OK | os.X_OK):
             raise NtspkiError(f"cannot read ntspki home {self.path}: permission denied")
         return self
+
+    @property
+    def trust_path(self) -> Path:
+        """The roots clients trust now: ca/trust.pem (both roots during a rollover), or ca/root.pem
+        in a home whose CA predates trust.pem."""
+        bundle = self.ca_dir / "trust.pem"
+        return bundle if bundle.exists() else self.ca_dir / "root.pem"
 
     def lock(self):
         return fsutil.locked(self.lock_path)
