@@ -9,6 +9,7 @@ import datetime as dt
 import hashlib
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -193,6 +194,21 @@ def test_force_create_that_fails_leaves_the_old_ca_working(tmp_path, monkeypatch
     assert snapshot(home.path) == before  # no staging directory left, nothing moved aside
     assert issue.issue(home, "ntpserver", ["127.0.0.1"]).version == 2
     keys.load_private_pem((home.private_dir / "root.key").read_bytes(), b"old passphrase")
+
+
+def test_a_killed_create_loses_no_key(tmp_path):
+    home = Home(tmp_path / "home")
+    ca_mod.create(home, passphrase=None)
+    old_key = (home.private_dir / "root.key").read_bytes()
+    # killed right after the exchange: the old CA is in the staging directory
+    shutil.copytree(home.ca_dir, home.path / ".ca.new-killed")
+    # killed while building: never in use
+    (home.path / ".ca.new-partial/private").mkdir(parents=True)
+    (home.path / ".ca.new-partial/private/root.key").write_bytes(b"half")
+    ca_mod.create(home, passphrase=None, force=True)
+    asides = [p for p in home.path.iterdir() if p.name.startswith("ca.old")]
+    assert sorted((p / "private/root.key").read_bytes() == old_key for p in asides) == [True, True]
+    assert not [p for p in home.path.iterdir() if p.name.startswith(".ca.new")]
 
 
 def test_force_create_swaps_the_whole_ca_dir(site):
@@ -451,6 +467,63 @@ def test_revoked_under_a_retired_intermediate_is_in_its_own_crl(site, tmp_path):
     _pkilint(retired, tmp_path)
 
 
+def test_revoking_a_retired_intermediate_signs_the_root_s_crl(site, tmp_path, workdir):
+    old_inter = tmp_path / "old-intermediate.pem"
+    old_inter.write_bytes((site / "ca/intermediate.pem").read_bytes())
+    serial = format(cert(old_inter).serial_number, "x")
+    current = format(cert(site / "ca/intermediate.pem").serial_number, "x")
+    one_line_error(run_cli("revoke", "--serial", current, home=site), "current intermediate", "rotate-intermediate")
+    cli(site, "ca", "rotate-intermediate", env=PASS)
+    before = snapshot(site)
+    wrong = run_cli("revoke", "--serial", serial, home=site, env={**NO_PASS, "NTSPKI_PASSPHRASE": "wrong"})
+    one_line_error(wrong, "wrong passphrase")
+    one_line_error(run_cli("revoke", "--serial", serial, home=site, env=NO_PASS, input=""), "passphrase")
+    assert snapshot(site) == before
+    proc = cli(site, "revoke", "--serial", serial, "--reason", "key-compromise", env=PASS)
+    assert "rollover" in proc.stdout and "do not fetch CRLs" in proc.stdout
+    [arl] = _crls(site / "ca/arl.pem")
+    text = _openssl_crl_verify(arl, site / "ca/root.pem", tmp_path)
+    assert serial.upper() in text.replace(":", "").upper()  # openssl may print a leading zero
+    assert x509.load_pem_x509_crl(arl).next_update_utc > pki.now() + dt.timedelta(days=300)
+    f = tmp_path / "arl.pem"
+    f.write_bytes(arl)
+    lint = subprocess.run(
+        [str(Path(sys.executable).with_name("lint_crl")), "lint", "-t", "ARL", "-p", "PKIX", "-s", "ERROR", str(f)],
+        capture_output=True,
+        text=True,
+    )
+    assert lint.returncode == 0 and "ERROR" not in lint.stdout, lint.stdout
+    # what the revoked intermediate issued is refused by deploy and re-issued by renew
+    deploy = [
+        "deploy",
+        "--lineage",
+        "ntp.example.net",
+        "--cert",
+        workdir / "ntp.crt",
+        "--key",
+        workdir / "ntp.key",
+        "--probe",
+        "none",
+        "--restart-command",
+        "true",
+        "--dry-run",
+    ]
+    refused = run_cli(*deploy, home=site)
+    assert refused.returncode != 0 and "issuing intermediate" in refused.stdout + refused.stderr
+    assert "its intermediate was revoked" in cli(site, "renew", "--dry-run").stdout
+    cli(site, "renew", "--no-deploy")
+    assert run_cli(*deploy, home=site).returncode == 0
+    # the root's CRL is re-signed only with the passphrase, and checked before anything is written
+    before = snapshot(site)
+    one_line_error(
+        run_cli("crl", "--arl", home=site, env={**NO_PASS, "NTSPKI_PASSPHRASE": "wrong"}), "wrong passphrase"
+    )
+    assert snapshot(site) == before
+    out = json.loads(cli(site, "crl", "--arl", "--json", env=PASS).stdout)
+    [root_crl] = [c for c in out["crls"] if c["file"].endswith("arl.pem")]
+    assert root_crl["number"] == 2 and root_crl["revoked"] == [serial]
+
+
 def test_deploy_refuses_and_renew_reissues_a_revoked_lineage_with_a_new_key(site, workdir):
     live = site / "live/ntp.example.net"
     old_key = keys.public_der(keys.load_private_pem((live / "privkey.pem").read_bytes()))
@@ -545,6 +618,8 @@ BAD = [
     (["crl", "--days", "0"], "--days"),
     (["crl", "--days", "100000"], "--days"),
     (["crl", "--days", "x"], "--days"),
+    (["crl", "--arl", "--arl-days", "0"], "--arl-days"),
+    (["crl", "--arl", "--passphrase-file", "/nonexistent/pass"], "passphrase"),
     (["trust", "export", "--out", "/nonexistent/dir/trust.pem"], "does not exist"),
     (["trust", "export", "--out", "/tmp"], "directory"),
     (["trust", "export", "--chrony-snippet", "/nonexistent/x.conf"], "does not exist"),

@@ -258,15 +258,17 @@ def rotate_intermediate(ctx, passphrase_file, intermediate_days, permit_dns, per
 
     home = get_home(ctx)
     dns, ips = ca_mod.name_constraints(permit_dns, permit_ip)
-    ca_mod.load(home)  # no CA: say so before asking for a passphrase
+    old = ca_mod.load(home).intermediate  # no CA: say so before asking for a passphrase
     passphrase = _root_passphrase(home, passphrase_file)
     made = ca_mod.rotate_intermediate(home, passphrase, intermediate_days, dns, ips)
+    advice = ROTATE_ADVICE.format(serial=ca_mod.serial_hex(old))
     result = {
         "intermediate": str(home.ca_dir / "intermediate.pem"),
         "subject": made.intermediate.subject.rfc4514_string(),
         "sha256": pki.fingerprint(made.intermediate),
         "not_after": made.intermediate.not_valid_after_utc.isoformat(),
-        "advice": ROTATE_ADVICE,
+        "retired": ca_mod.serial_hex(old),
+        "advice": advice,
     }
     if as_json:
         echo_json(result)
@@ -275,14 +277,14 @@ def rotate_intermediate(ctx, passphrase_file, intermediate_days, permit_dns, per
         f"New intermediate CA {result['intermediate']} (until {result['not_after'][:10]}); "
         "certificates issued from now on chain to it"
     )
-    click.echo(ROTATE_ADVICE)
+    click.echo(advice)
 
 
 ROTATE_ADVICE = (
     "If the old intermediate's key leaked: NTS clients (chrony, GnuTLS) do not fetch CRLs, so re-issue every "
-    "certificate (`ntspki renew --force`, which deploys) and revoke the old ones (`ntspki revoke --serial ...`); "
-    "a client trusts whatever the leaked key signs as long as it trusts the root: `ntspki ca rollover` "
-    "removes that."
+    "certificate (`ntspki renew --force`, which deploys) and revoke the old intermediate "
+    "(`ntspki revoke --serial {serial}`); a client trusts whatever the leaked key signs as long as it trusts "
+    "the root: `ntspki ca rollover` removes that."
 )
 
 # The older name of rotate-intermediate, kept for scripts.

@@ -171,7 +171,7 @@ def load_source(target: Target) -> Pair:
         raise NtspkiError(f"{src}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
     if leaf.not_valid_before_utc > now:
         raise NtspkiError(f"{src}: the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
-    ledger.refuse_revoked(src, leaf)
+    ledger.refuse_revoked(src, *chain)
     wanted = list(target.names) if target.names else None
     if target.probe_name:
         wanted = (wanted or pki.san_strings(leaf)) + [target.probe_name]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 
 from ntspki import pki
 from ntspki.errors import NtspkiError
@@ -146,8 +147,7 @@ def create(
     home.ensure()
     with home.lock():
         refuse_overwrite(home, force)
-        for stale in home.path.glob(".ca.new-*"):  # a killed create's (it may hold key copies)
-            shutil.rmtree(stale, ignore_errors=True)
+        _sweep(home)
         staging = home.path / f".ca.new-{secrets.token_hex(4)}"
         try:
             made = build_into(
@@ -163,9 +163,23 @@ def create(
     return made
 
 
+def _aside(home: Home) -> Path:
+    return home.path / f"ca.old-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+
+
+def _sweep(home: Home) -> None:
+    """What a killed `create` left: a complete CA is kept aside (killed just after the exchange,
+    it is the old CA), anything else goes (it was never in use)."""
+    for stale in home.path.glob(".ca.new-*"):
+        if (stale / "root.pem").exists():
+            os.rename(stale, _aside(home))
+        else:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def _swap_in(home: Home, staging: Path) -> None:
     old = home.ca_dir
-    aside = home.path / f"ca.old-{dt.datetime.now():%Y%m%d-%H%M%S}-{secrets.token_hex(2)}"
+    aside = _aside(home)
     if not old.exists():
         os.rename(staging, old)
     elif fsutil.exchange(staging, old):
@@ -268,7 +282,7 @@ def issuer_of(home: Home, cert: x509.Certificate) -> Issuer | None:
         try:
             cert.verify_directly_issued_by(issuer.cert)
             return issuer
-        except (ValueError, TypeError, Exception):
+        except (ValueError, TypeError, InvalidSignature):
             continue
     return None
 

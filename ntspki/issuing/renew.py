@@ -141,6 +141,20 @@ class _Directories:
         return conn
 
 
+def _revocation(home: Home, leaf: x509.Certificate, chain_pem: bytes) -> str | None:
+    """Why the lineage must be re-issued now: its certificate, or the intermediate that issued it,
+    is revoked in the ledger (a new key comes with every issuance)."""
+    try:
+        intermediates = pki.load_certs(chain_pem) if chain_pem.strip() else []
+    except NtspkiError:
+        intermediates = []
+    for what, cert in [("revoked", leaf), *(("its intermediate was revoked", c) for c in intermediates)]:
+        row = ledger.revoked(home.path, cert.serial_number)
+        if row:
+            return f"{what} on {row['revoked_at'][:10]} ({row['reason']})"
+    return None
+
+
 def plan(
     home: Home, name: str, force: bool = False, now: dt.datetime | None = None, directories: _Directories | None = None
 ) -> Plan:
@@ -164,9 +178,9 @@ def plan(
     if force:
         p.due, p.reason = True, "forced"
         return p
-    revoked = ledger.revoked(home.path, leaf.serial_number)
+    revoked = _revocation(home, leaf, lineage.chain)
     if revoked:
-        p.due, p.reason = True, f"revoked on {revoked['revoked_at'][:10]} ({revoked['reason']})"
+        p.due, p.reason = True, revoked
         return p
     if end <= now:
         p.due, p.reason = True, f"expired on {end:%Y-%m-%d}"

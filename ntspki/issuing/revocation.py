@@ -9,6 +9,8 @@ CRL is for the tools that do read one (openssl, GnuTLS's certtool, monitoring) a
 crl.pem holds one CRL per intermediate that may have live certificates (the current one, always;
 each retired one under a trusted root that has revocations), current first. Each is signed by the
 intermediate that issued the certificates it lists, numbered one past the last one written.
+A retired intermediate itself is revoked in arl.pem, signed by the root (so only with the root
+passphrase, and with a long nextUpdate: the root key stays offline).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ntspki.pki import keys
 from ntspki.store import Home, check_lineage_name, fsutil
 
 CRL_DAYS = 7  # nextUpdate: `ntspki crl` (from the renew timer) re-signs well before
+ARL_DAYS = 365  # the root's CRL: signed when an intermediate is revoked, or by `ntspki crl --arl`
 REASONS = {
     "unspecified": None,  # RFC 5280 5.3.1: then the reasonCode extension is left out
     "key-compromise": x509.ReasonFlags.key_compromise,
@@ -43,6 +46,24 @@ ADVICE = (
 
 def crl_path(home: Home) -> Path:
     return home.ca_dir / "crl.pem"
+
+
+def arl_path(home: Home) -> Path:
+    return home.ca_dir / "arl.pem"
+
+
+def _read_crls(path: Path) -> list[x509.CertificateRevocationList]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    out = []
+    for block in data.split(b"-----END X509 CRL-----")[:-1]:
+        try:
+            out.append(x509.load_pem_x509_crl(block + b"-----END X509 CRL-----\n"))
+        except ValueError:
+            continue
+    return out
 
 
 def parse_serial(text: str) -> int:
@@ -92,7 +113,31 @@ def _find(home: Home, name: str | None, serial: int | None) -> tuple[x509.Certif
                 return pki.load_certs(path.read_bytes(), str(path))[0], row["name"], row["version"]
             except OSError as e:
                 raise NtspkiError(f"serial {want} is {row['name']} version {row['version']}, but {path}: {e.strerror}")
+    intermediate = _intermediate(home, serial)
+    if intermediate is not None:
+        return intermediate.cert, None, None
     raise NtspkiError(f"no certificate with serial {want} in the ledger {home.ledger_path}", 2)
+
+
+def _intermediate(home: Home, serial: int | None) -> ca_mod.Issuer | None:
+    """The site intermediate with `serial`; the current one cannot be revoked (nothing would issue)."""
+    for issuer in ca_mod.issuers(home):
+        if issuer.cert.serial_number == serial:
+            if issuer.current:
+                raise NtspkiError(
+                    f"{serial:x} is the current intermediate: run `ntspki ca rotate-intermediate` first, "
+                    "then revoke it",
+                    2,
+                )
+            return issuer
+    return None
+
+
+def needs_root_key(home: Home, serial: str | None) -> bool:
+    """Whether revoking --serial means signing the root's CRL (the serial of a retired intermediate)."""
+    if serial is None:
+        return False
+    return _intermediate(home, parse_serial(serial)) is not None
 
 
 def revoke(
@@ -101,6 +146,7 @@ def revoke(
     serial: str | None = None,
     reason: str = "unspecified",
     crl_days: int = CRL_DAYS,
+    passphrase: bytes | None = None,
 ) -> Revoked:
     if (name is None) == (serial is None):
         raise NtspkiError("give a lineage NAME or --serial HEX (one of them)", 2)
@@ -109,6 +155,8 @@ def revoke(
     home.require_readable()
     ca_mod.load(home)
     cert, lname, version = _find(home, name, number)
+    if _is_ca(cert):
+        return _revoke_intermediate(home, cert, reason, passphrase)
     issuer = ca_mod.issuer_of(home, cert)
     if issuer is None:
         raise NtspkiError(
@@ -145,6 +193,65 @@ def revoke(
     )
 
 
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _revoke_intermediate(home: Home, cert: x509.Certificate, reason: str, passphrase: bytes | None) -> Revoked:
+    ca = ca_mod.load(home)
+    if cert.issuer != ca.root.subject:
+        raise NtspkiError(
+            f"intermediate {cert.serial_number:x} was issued by the previous root: finish the rollover "
+            "(`ntspki ca rollover finish`), after which no client trusts it",
+            2,
+        )
+    root_key = ca_mod.load_root_key(home, passphrase)  # a wrong passphrase fails here, before any write
+    serial = format(cert.serial_number, "x")
+    entry = {
+        "serial": serial,
+        "name": None,
+        "version": None,
+        "issuer": pki.fingerprint(ca.root),
+        "not_after": cert.not_valid_after_utc.isoformat(),
+        "reason": reason,
+        "revoked_at": pki.now().isoformat(),
+    }
+    with home.lock():
+        arl = _build_arl(home, ca.root, root_key, ARL_DAYS, entry)
+        row, new = home.ledger.revoke(**entry)
+        if new:
+            fsutil.atomic_write(arl_path(home), arl.public_bytes(serialization.Encoding.PEM), 0o644)
+    return Revoked(
+        None, None, serial, row["reason"], row["revoked_at"], not new, str(arl_path(home)), INTERMEDIATE_ADVICE
+    )
+
+
+INTERMEDIATE_ADVICE = (
+    "NTS clients (chrony, GnuTLS) do not fetch CRLs: they go on accepting what the revoked intermediate "
+    "signed for as long as they trust the root. Re-issue what it issued (`ntspki renew --force`); if its "
+    "key leaked, roll the root over (`ntspki ca rollover start`)."
+)
+
+
+def _build_arl(home: Home, root: x509.Certificate, root_key, days: int, pending: dict | None = None):
+    fp = pki.fingerprint(root)
+    rows = [r for r in revocations(home) if r["issuer"] == fp]
+    if pending and all(r["serial"] != pending["serial"] for r in rows):
+        rows.append(pending)
+    previous = max((_number(c) for c in _read_crls(arl_path(home))), default=0)
+    return make_crl(root, root_key, rows, previous + 1, days)
+
+
+def _number(crl: x509.CertificateRevocationList) -> int:
+    try:
+        return crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+    except x509.ExtensionNotFound:
+        return 0
+
+
 def revocations(home: Home) -> list[dict]:
     return home.ledger.revocations() if home.ledger_path.exists() else []
 
@@ -154,18 +261,13 @@ def revocations(home: Home) -> list[dict]:
 
 def _previous_numbers(home: Home) -> dict[bytes, int]:
     """CRL number per issuer (by authority key identifier) in the crl.pem in place."""
-    try:
-        data = crl_path(home).read_bytes()
-    except FileNotFoundError:
-        return {}
     out: dict[bytes, int] = {}
-    for block in data.split(b"-----END X509 CRL-----")[:-1]:
+    for crl in _read_crls(crl_path(home)):
         try:
-            crl = x509.load_pem_x509_crl(block + b"-----END X509 CRL-----\n")
             aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
-            out[aki or b""] = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
-        except (ValueError, x509.ExtensionNotFound):
+        except x509.ExtensionNotFound:
             continue
+        out[aki or b""] = _number(crl)
     return out
 
 
@@ -223,40 +325,50 @@ def _store_crls(home: Home, crls: list[x509.CertificateRevocationList]) -> None:
     fsutil.atomic_write(crl_path(home), b"".join(c.public_bytes(serialization.Encoding.PEM) for c in crls), 0o644)
 
 
-def write_crl(home: Home, days: int = CRL_DAYS) -> list[x509.CertificateRevocationList]:
-    """`ntspki crl`: sign fresh CRLs (a new number and nextUpdate) even when nothing changed."""
+def check_days(days: int, arl_days: int = ARL_DAYS) -> None:
     if not 1 <= days <= 366:
         raise NtspkiError(f"bad --days {days}: 1 to 366", 2)
-    ca_mod.load(home)
+    if not 1 <= arl_days <= 3660:
+        raise NtspkiError(f"bad --arl-days {arl_days}: 1 to 3660", 2)
+
+
+def write_crl(
+    home: Home, days: int = CRL_DAYS, arl: bool = False, passphrase: bytes | None = None, arl_days: int = ARL_DAYS
+) -> None:
+    """`ntspki crl`: sign fresh CRLs (a new number and nextUpdate) even when nothing changed; with
+    `arl`, the root's CRL of intermediates too (the root key is read, and its passphrase checked,
+    before anything is written)."""
+    check_days(days, arl_days)
+    ca = ca_mod.load(home)
+    root_key = ca_mod.load_root_key(home, passphrase) if arl else None
     home.ensure()
     with home.lock():
         crls = _build_crls(home, days)
+        root_crl = _build_arl(home, ca.root, root_key, arl_days) if root_key is not None else None
         _store_crls(home, crls)
-        return crls
+        if root_crl is not None:
+            fsutil.atomic_write(arl_path(home), root_crl.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def crl_status(home: Home, now: dt.datetime | None = None) -> dict | None:
-    path = crl_path(home)
-    if not path.exists():
-        return None
-    now = now or pki.now()
+    """The CRLs in crl.pem and the root's in arl.pem (None when neither exists yet)."""
     out = []
-    for block in path.read_bytes().split(b"-----END X509 CRL-----")[:-1]:
-        try:
-            crl = x509.load_pem_x509_crl(block + b"-----END X509 CRL-----\n")
-        except ValueError:
-            continue
-        nxt = crl.next_update_utc
-        out.append(
-            {
-                "issuer": crl.issuer.rfc4514_string(),
-                "revoked": [format(r.serial_number, "x") for r in crl],
-                "this_update": crl.last_update_utc.isoformat(),
-                "next_update": nxt.isoformat() if nxt else None,
-                "number": crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number,
-            }
-        )
-    return {"path": str(path), "crls": out}
+    for path in (crl_path(home), arl_path(home)):
+        for crl in _read_crls(path):
+            nxt = crl.next_update_utc
+            out.append(
+                {
+                    "file": str(path),
+                    "issuer": crl.issuer.rfc4514_string(),
+                    "revoked": [format(r.serial_number, "x") for r in crl],
+                    "this_update": crl.last_update_utc.isoformat(),
+                    "next_update": nxt.isoformat() if nxt else None,
+                    "number": _number(crl),
+                }
+            )
+    if not out:
+        return None
+    return {"path": str(crl_path(home)), "crls": out}
 
 
 def crl_warnings(status: dict | None, now: dt.datetime | None = None) -> list[dict]:
@@ -269,7 +381,9 @@ def crl_warnings(status: dict | None, now: dt.datetime | None = None) -> list[di
                     "severity": "warning",
                     "code": "crl-stale",
                     "message": f"the CRL of {c['issuer']} passed its nextUpdate ({c['next_update'][:16]})",
-                    "fix": "ntspki crl (run it from a timer, e.g. with ntspki renew)",
+                    "fix": "ntspki crl --arl (needs the root passphrase)"
+                    if c["file"].endswith("arl.pem")
+                    else "ntspki crl (run it from a timer, e.g. with ntspki renew)",
                 }
             )
     return out

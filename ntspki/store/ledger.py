@@ -130,17 +130,20 @@ def revoked(home_path: Path, serial: int) -> dict | None:
     return dict(row) if row else None
 
 
-def refuse_revoked(live_dir: Path, cert) -> None:
-    """Raise when `cert`, read from lineage directory `live_dir`, is revoked in the ledger of the
-    ntspki home that holds it (HOME/live/NAME). Other sources, such as certbot's, have no ledger."""
+def refuse_revoked(live_dir: Path, *certs) -> None:
+    """Raise when one of `certs` (a lineage's chain, leaf first), read from lineage directory
+    `live_dir`, is revoked in the ledger of the ntspki home that holds it (HOME/live/NAME): the leaf,
+    or the intermediate that issued it. Other sources, such as certbot's, have no ledger here."""
     from ntspki.errors import NtspkiError
 
     live_dir = Path(live_dir)
     if live_dir.parent.name != "live":
         return
-    row = revoked(live_dir.parent.parent, cert.serial_number)
-    if row:
-        raise NtspkiError(
-            f"{live_dir}: certificate {row['serial']} was revoked on {row['revoked_at'][:10]} ({row['reason']}): "
-            f"re-issue it first (`ntspki renew {row['name'] or live_dir.name}`)"
-        )
+    for position, cert in enumerate(certs):
+        row = revoked(live_dir.parent.parent, cert.serial_number)
+        if row:
+            what = "certificate" if position == 0 else "its issuing intermediate"
+            raise NtspkiError(
+                f"{live_dir}: {what} {row['serial']} was revoked on {row['revoked_at'][:10]} ({row['reason']}): "
+                f"re-issue it first (`ntspki renew {live_dir.name}`)"
+            )
