@@ -445,7 +445,7 @@ def test_example_config_loads_with_the_documented_defaults(dl):
     targets = deployconfig.load(example, dl.home)
     assert [t.name for t in targets] == ["ntp1", "public"]
     ntp1, public = targets
-    assert ntp1.source_dir == dl.home.live / "ntp1" and ntp1.ca == [dl.home.ca_dir / "root.pem"]
+    assert ntp1.source_dir == dl.home.live / "ntp1" and ntp1.ca == [dl.home.ca_dir / "trust.pem"]
     assert (ntp1.owner, ntp1.group, ntp1.key_mode, ntp1.cert_mode) == ("root", "_chrony", 0o640, 0o644)
     assert public.cert == Path("/etc/chrony/nts/time.example.net.crt") and public.ca == []
     assert public.probe == "127.0.0.1:4460" and public.names == ["time.example.net"]
