@@ -295,7 +295,8 @@ def test_show_reports_a_broken_chain(home, tmp_path):
     run_cli("issue", "ntpserver", home=home, check=True)
     other = tmp_path / "other"
     ca_create(other, "--no-passphrase")
-    (home / "ca/root.pem").write_bytes((other / "ca/root.pem").read_bytes())  # the site's root replaced
+    for trusted in ("root.pem", "trust.pem"):  # the site's root replaced, in the clients' bundle too
+        (home / "ca" / trusted).write_bytes((other / "ca/root.pem").read_bytes())
     proc = run_cli("show", "ntpserver", "--json", home=home)
     assert proc.returncode == 1
     info = json.loads(proc.stdout)

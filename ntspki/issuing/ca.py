@@ -220,7 +220,7 @@ def load_root_key(home: Home, passphrase: bytes | None, directory: Path | None =
 
 def root_key_encrypted(home: Home) -> bool:
     try:
-        return b"ENCRYPTED" in (home.private_dir / "root.key").read_bytes()[:64]
+        return keys.is_encrypted_pem((home.private_dir / "root.key").read_bytes())
     except OSError as e:
         raise NtspkiError(f"cannot read the root CA key {home.private_dir / 'root.key'}: {e.strerror}")
 
@@ -402,7 +402,7 @@ def status(home: Home, warn_days: int = WARN_DAYS, critical_days: int = CRITICAL
         "root": {
             **cert_status(ca.root, now),
             "path": str(home.ca_dir / "root.pem"),
-            "key_encrypted": b"ENCRYPTED" in root_key_pem[:64],
+            "key_encrypted": keys.is_encrypted_pem(root_key_pem),
             "kdf_rounds": keys.kdf_rounds(root_key_pem),
         },
         "intermediate": {
