@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 
 from ntspki import pki
-from ntspki.pki import names
+from ntspki.pki import names, verify
 from ntspki.servers import lab
 from ntspki.servers.lab import chrony_client, free_port
 from ntspki.store import Home
@@ -117,7 +117,7 @@ def test_http01_standalone_makes_an_ntspki_lineage_that_verifies_against_pebbles
     chain = pki.load_certs(lineage.fullchain)
     assert len(chain) == 2 and lineage.fullchain == lineage.cert + lineage.chain
     root = x509.load_pem_x509_certificate(pebble.root_pem())
-    pki.verify_chain([root], chain, names.unique_sans([NAME, "127.0.0.1"]))
+    verify.verify_chain([root], chain, names.unique_sans([NAME, "127.0.0.1"]))
     assert stat.S_IMODE((home / "archive" / NAME / "privkey1.pem").stat().st_mode) == 0o600
     assert os.readlink(home / "live" / NAME / "fullchain.pem") == f"../../archive/{NAME}/fullchain1.pem"
     params = h.read_renewal(NAME)
@@ -176,7 +176,7 @@ def test_http01_webroot_through_a_real_web_server_from_nothing(pebble, tmp_path)
     params = Home(home).read_renewal("web.example.test")
     assert params["challenge"] == {"type": "http-01", "webroot": str(webroot)}
     chain = pki.load_certs(Home(home).read_lineage("web.example.test").fullchain)
-    pki.verify_chain([x509.load_pem_x509_certificate(pebble.root_pem())], chain)
+    verify.verify_chain([x509.load_pem_x509_certificate(pebble.root_pem())], chain)
 
 
 def write_dns_hook(path: Path, mgmt_url: str, log: Path, fail: bool = False) -> Path:

@@ -21,8 +21,7 @@ from collections import Counter
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from ntspki import pki
-from ntspki.pki import keys
+from ntspki.pki import keys, verify
 from ntspki.store import FILES, Home, InconsistentLineage
 from tests.conftest import NTSPKI, run_cli
 
@@ -55,7 +54,7 @@ def check_home(home: Home, before: dict, root: list[x509.Certificate]) -> str:
             chain = x509.load_pem_x509_certificates(lineage.fullchain)
             assert lineage.fullchain == lineage.cert + lineage.chain
             assert keys.key_matches_cert(serialization.load_pem_private_key(lineage.privkey, None), chain[0])
-            pki.verify_chain(root, chain)
+            verify.verify_chain(root, chain)
         else:
             # Killed between two of the four link switches (certbot has the same window): readers
             # are told, never handed a key and a certificate that do not belong together.

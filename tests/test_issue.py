@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ntspki import pki
-from ntspki.pki import keys
+from ntspki.pki import keys, verify
 from ntspki.store import FILES
 from tests.conftest import NTSPKI, run_cli
 
@@ -91,7 +91,7 @@ def test_ca_create_with_passphrase_file_then_intermediate(tmp_path):
     run_cli("issue", "ntpserver", home=home, check=True)
     fullchain = load_pem_certs(home / "live/ntpserver/fullchain.pem")
     assert pki.cert_pem(fullchain[1]) == new_inter
-    pki.verify_chain(load_pem_certs(home / "ca/root.pem"), fullchain)
+    verify.verify_chain(load_pem_certs(home / "ca/root.pem"), fullchain)
 
 
 def test_ca_create_with_passphrase_env_and_wrong_passphrase(tmp_path):
@@ -207,7 +207,7 @@ def test_issue_layout_contents_and_modes(home):
     assert 89 <= (cert.not_valid_after_utc - cert.not_valid_before_utc).days <= 90
     key = serialization.load_pem_private_key((live / "privkey.pem").read_bytes(), None)
     assert keys.key_matches_cert(key, cert) and keys.key_type_of(key) == "ec-p256"
-    pki.verify_chain([root], fullchain)
+    verify.verify_chain([root], fullchain)
 
     assert mode(archive / "privkey1.pem") == 0o600
     for kind in ("cert", "chain", "fullchain"):
@@ -256,9 +256,9 @@ def test_wildcard_certificate(home):
     assert pki.san_strings(cert) == ["*.pool.example.net", "pool.example.net"]
     root = load_pem_certs(home / "ca/root.pem")
     chain = load_pem_certs(home / "live/*.pool.example.net/fullchain.pem")
-    pki.verify_chain(root, chain, [x509.DNSName("a.pool.example.net")])
+    verify.verify_chain(root, chain, [x509.DNSName("a.pool.example.net")])
     with pytest.raises(pki.NtspkiError):
-        pki.verify_chain(root, chain, [x509.DNSName("a.b.pool.example.net")])  # one label only
+        verify.verify_chain(root, chain, [x509.DNSName("a.b.pool.example.net")])  # one label only
 
 
 def test_list_and_show(home):
@@ -325,7 +325,7 @@ def test_batch_issues_a_fleet(home, tmp_path):
     assert [(r["name"], r["version"]) for r in rows] == [("ntp1.example.net", 2), ("ntp2.example.net", 1)]
     root = load_pem_certs(home / "ca/root.pem")
     for name in ("ntp1.example.net", "ntp2.example.net"):
-        pki.verify_chain(root, load_pem_certs(home / "live" / name / "fullchain.pem"))
+        verify.verify_chain(root, load_pem_certs(home / "live" / name / "fullchain.pem"))
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import subprocess
 from cryptography import x509
 
 from ntspki import pki
+from ntspki.pki import verify
 from ntspki.store import FILES, Home
 from tests.conftest import NTSPKI, run_cli
 
@@ -78,7 +79,7 @@ def test_concurrent_issues_never_share_a_version_or_corrupt_the_ledger(tmp_path)
         newest = max(home.versions(name))
         assert set(home.live_versions(name).values()) == {newest}
         lineage = home.read_lineage(name)
-        pki.verify_chain(root, x509.load_pem_x509_certificates(lineage.fullchain))
+        verify.verify_chain(root, x509.load_pem_x509_certificates(lineage.fullchain))
         assert lineage.fullchain == lineage.cert + lineage.chain
     assert not [p for d in home.archive.iterdir() for p in d.iterdir() if p.name.startswith(".")]
     for name in home.lineage_names():

@@ -18,7 +18,7 @@ from ntspki import pki
 from ntspki.acme import acmeclient, solvers
 from ntspki.issuing import ca as ca_mod
 from ntspki.issuing import renew
-from ntspki.pki import keys, names
+from ntspki.pki import keys, names, verify
 from ntspki.servers import lab
 from ntspki.store import Home
 from tests.conftest import make_site, run_cli
@@ -93,11 +93,11 @@ def test_forced_renew_makes_new_versions_and_moves_live(mixed, pebble):
         assert (mixed.archive / name / "cert1.pem").read_bytes() == old[name].cert  # history kept
         assert mixed.read_renewal(name) == params[name]
     acme_chain = pki.load_certs(mixed.read_lineage(ACME_NAME).fullchain)
-    pki.verify_chain(
+    verify.verify_chain(
         [x509.load_pem_x509_certificate(pebble.root_pem())], acme_chain, names.unique_sans([ACME_NAME, "127.0.0.1"])
     )
     internal_chain = pki.load_certs(mixed.read_lineage("ntpserver").fullchain)
-    pki.verify_chain([ca_mod.load(mixed).root], internal_chain)
+    verify.verify_chain([ca_mod.load(mixed).root], internal_chain)
     sources = {r["name"]: (r["version"], r["source"]) for r in mixed.ledger.rows()}
     assert sources == {"ntpserver": (2, "internal"), ACME_NAME: (2, "acme")}
 

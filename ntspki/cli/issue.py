@@ -113,11 +113,11 @@ def show(ctx, name, as_json):
 
     from ntspki import pki
     from ntspki.errors import NtspkiError
-    from ntspki.pki import keys
+    from ntspki.pki import keys, verify
 
     home = get_home(ctx).require_readable()
     lineage = home.read_lineage(name)
-    chain = pki.load_certs(lineage.fullchain, f"{name} fullchain.pem")
+    chain = verify.load_chain(lineage.fullchain, f"{name} fullchain.pem")
     leaf = chain[0]
     info = asdict(pki.CertInfo.of(leaf))
     info.update(
@@ -139,7 +139,7 @@ def show(ctx, name, as_json):
         roots = pki.load_certs(root_path.read_bytes(), str(root_path)) if root_path.exists() else []
         if not roots:
             raise NtspkiError("no site CA to check against")
-        pki.verify_chain(roots, chain)
+        verify.verify_chain(roots, chain)
         info["chain_ok"], info["chain_error"] = True, None
     except NtspkiError as e:
         info["chain_ok"], info["chain_error"] = False, str(e)

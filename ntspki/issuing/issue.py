@@ -11,7 +11,7 @@ from pathlib import Path
 from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
-from ntspki.pki import keys, names
+from ntspki.pki import keys, names, verify
 from ntspki.store import Home, check_lineage_name
 
 
@@ -91,7 +91,7 @@ def _build(ca: ca_mod.CA, req: Request, key_type: str, days: int) -> _Built:
     key = keys.generate(key_type)
     cert = pki.make_leaf(key, ca.intermediate, ca.intermediate_key, sans, days)
     # Nothing is written unless the chain verifies for every name and the key is the cert's.
-    pki.verify_chain([ca.root], [cert, ca.intermediate], sans)
+    verify.verify_chain([ca.root], [cert, ca.intermediate], sans)
     if not keys.key_matches_cert(key, cert):
         raise NtspkiError("internal error: the new key does not match the new certificate")
     return _Built(lineage, keys.private_pem(key), pki.cert_pem(cert), pki.CertInfo.of(cert))

@@ -1,5 +1,6 @@
 """Pure X.509, no I/O: building the CA and server certificates (here: every field chosen on
-purpose, commented once), reading them, key types (`keys`), host names and SANs (`names`).
+purpose, commented once), reading them, key types (`keys`), host names and SANs (`names`), and
+the one chain verifier and host-name matcher (`verify`).
 
 Layer: bottom. May import `cryptography` and `errors` only; everything else may import it.
 """
@@ -14,7 +15,6 @@ from dataclasses import dataclass
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from ntspki.errors import NtspkiError
 from ntspki.pki import keys
@@ -201,108 +201,6 @@ def san_strings(cert: x509.Certificate) -> list[str]:
 
 def is_self_signed(cert: x509.Certificate) -> bool:
     return cert.issuer == cert.subject
-
-
-def verify_chain(
-    roots: list[x509.Certificate],
-    chain: list[x509.Certificate],
-    names: list[x509.GeneralName] | None = None,
-    at: dt.datetime | None = None,
-) -> None:
-    """RFC 5280 path validation of leaf-first `chain` to one of `roots`, for each name given
-    (default: every SAN of the leaf). Raises NtspkiError saying what failed."""
-    if not chain:
-        raise NtspkiError("empty certificate chain")
-    leaf, intermediates = chain[0], chain[1:]
-    builder = PolicyBuilder().store(Store(roots)).time(at or now())
-    targets = names if names is not None else sans_of(leaf)
-    if not targets:
-        raise NtspkiError("the certificate has no DNS or IP subjectAltName")
-    # Only the name match differs from one target to the next: signatures, validity, profile and
-    # the CA's name constraints (checked on EVERY SAN of the leaf, whatever the target) do not.
-    # So once the path validated for one target, a target that is literally one of the leaf's SANs
-    # needs no second validation (each costs two signature checks: most of a batch's time).
-    literal = set(sans_of(leaf))
-    validated = False
-    for gn in targets:
-        if validated and gn in literal:
-            continue
-        subject: x509.verification.IPAddress | x509.verification.DNSName
-        if isinstance(gn, x509.IPAddress):
-            subject = x509.verification.IPAddress(gn.value)
-            label = str(gn.value)
-        elif gn.value.startswith("*."):
-            # A wildcard is no name a client asks for: check one it covers, as a client would.
-            subject = x509.verification.DNSName("wildcard-check." + gn.value[2:])
-            label = gn.value
-        else:
-            subject = x509.verification.DNSName(gn.value)
-            label = gn.value
-        try:
-            builder.build_server_verifier(subject).verify(leaf, intermediates)
-            validated = True
-        except VerificationError as e:
-            if "Forbidden" in str(e) and "algorithm" in str(e):
-                # The Web PKI profile of `cryptography` refuses Ed25519, which GnuTLS and chrony
-                # accept: check that chain by hand instead.
-                _verify_by_hand(roots, chain, gn, at or now())
-                validated = True
-                continue
-            raise NtspkiError(f"chain does not verify for {label}: {e}")
-        except ValueError as e:
-            raise NtspkiError(f"cannot verify for {label}: {e}")
-
-
-def _verify_by_hand(roots, chain, gn, at) -> None:
-    """Signatures, validity, CA flags and the name: what the Web PKI verifier would have checked."""
-    label = str(gn.value)
-    path = list(chain)
-    anchor = next((r for r in roots if r.subject == path[-1].issuer), None)
-    if anchor is None:
-        raise NtspkiError(f"chain does not verify for {label}: issuer of the last certificate is not a trusted root")
-    path.append(anchor)
-    for cert, issuer in zip(path, path[1:]):
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except Exception as e:
-            raise NtspkiError(
-                f"chain does not verify for {label}: bad signature on {cert.subject.rfc4514_string()} ({e})"
-            )
-        bc = issuer.extensions.get_extension_for_class(x509.BasicConstraints).value
-        if not bc.ca:
-            raise NtspkiError(f"chain does not verify for {label}: {issuer.subject.rfc4514_string()} is not a CA")
-    for cert in path:
-        if not cert.not_valid_before_utc <= at <= cert.not_valid_after_utc:
-            raise NtspkiError(f"chain does not verify for {label}: {cert.subject.rfc4514_string()} is not valid now")
-    if gn not in sans_of(chain[0]) and not (
-        isinstance(gn, x509.DNSName) and _wildcard_match(gn.value, san_strings(chain[0]))
-    ):
-        raise NtspkiError(f"chain does not verify for {label}: name not in the certificate")
-    # Like RFC 5280 (and GnuTLS): a CA's name constraints bind every SAN of the leaf, of their type.
-    for ca in path[1:]:
-        try:
-            nc = ca.extensions.get_extension_for_class(x509.NameConstraints).value
-        except x509.ExtensionNotFound:
-            continue
-        dns = [p.value for p in nc.permitted_subtrees or [] if isinstance(p, x509.DNSName)]
-        nets = [p.value for p in nc.permitted_subtrees or [] if isinstance(p, x509.IPAddress)]
-        for san in sans_of(chain[0]):
-            if (
-                isinstance(san, x509.DNSName)
-                and dns
-                and not any(san.value == d or san.value.endswith("." + d) for d in dns)
-                or isinstance(san, x509.IPAddress)
-                and nets
-                and not any(san.value.version == n.version and san.value in n for n in nets)  # type: ignore[operator]
-            ):
-                raise NtspkiError(
-                    f"chain does not verify for {label}: {san.value} is outside the CA's name constraints"
-                )
-
-
-def _wildcard_match(name: str, sans: list[str]) -> bool:
-    head, _, rest = name.partition(".")
-    return any(s.startswith("*.") and s[2:] == rest for s in sans)
 
 
 @dataclass
