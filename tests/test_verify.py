@@ -250,7 +250,6 @@ CASES = [
     "permitted-dns-elsewhere",
     "permitted-dns-misses-another-san",
     "permitted-ip-elsewhere",
-    "directory-name-constraint",
     "leaf-expired",
     "leaf-not-yet-valid",
     "intermediate-expired",
@@ -308,6 +307,12 @@ def test_one_verdict_for_every_key_type_and_it_is_the_web_pkis(case):
     accepted = verdicts["ec-p256"] is None
     assert accepted == web_pki_accepts(case), verdicts
     assert accepted == case.startswith("ok"), verdicts  # the matrix means what its names say
+
+
+def test_constraints_this_verifier_cannot_evaluate_are_refused():
+    # cryptography 43's Web PKI verifier ignored a directoryName constraint, 46 and later refuse it:
+    # not a stable reference, so the verdict is stated here.
+    assert {ours(kt, "directory-name-constraint") for kt in KEY_TYPES} == {"name-constraints"}
 
 
 def test_the_issue_15_defects_are_refused_for_ed25519_by_the_right_rule():
@@ -419,7 +424,10 @@ def _openssl(*args, cwd):
 
 
 def test_explicit_curve_parameters_are_refused(tmp_path):
-    _openssl("ecparam", "-name", "prime256v1", "-param_enc", "explicit", "-genkey", "-out", "root.key", cwd=tmp_path)
+    # The root's certificate spells the P-256 curve out; its key (the same numbers) signs as usual.
+    root_key = key("ec-p256", "root")
+    (tmp_path / "named.key").write_bytes(keys.private_pem(root_key))
+    _openssl("ec", "-in", "named.key", "-param_enc", "explicit", "-out", "root.key", cwd=tmp_path)
     _openssl(
         "req",
         "-x509",
@@ -438,7 +446,6 @@ def test_explicit_curve_parameters_are_refused(tmp_path):
         cwd=tmp_path,
     )
     root = x509.load_pem_x509_certificate((tmp_path / "root.pem").read_bytes())
-    root_key = serialization.load_pem_private_key((tmp_path / "root.key").read_bytes(), None)
     _refused(*_chain_under(root_key, root), "explicit curve parameters", "trusted certificate CN=root")
 
 

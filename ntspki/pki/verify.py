@@ -242,10 +242,10 @@ class Anchors:
                 seen.add(key)
                 self.by_subject.setdefault(root.subject, []).append(root)
 
-    def issuer_of(self, cert: x509.Certificate) -> tuple[x509.Certificate | None, bool]:
-        """(the trusted certificate whose key signed `cert`, whether any has the issuer's name)."""
+    def issuer_of(self, cert: x509.Certificate) -> tuple[x509.Certificate | None, list[x509.Certificate]]:
+        """(the trusted certificate whose key signed `cert`, all those with the issuer's name)."""
         named = self.by_subject.get(cert.issuer, [])
-        return next((a for a in named if issued_by(cert, a)), None), bool(named)
+        return next((a for a in named if issued_by(cert, a)), None), named
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -271,6 +271,11 @@ def _build_path(anchors: Anchors, chain: list[x509.Certificate]) -> list[x509.Ce
             return chain[: index + 1] + [anchor]
         issuer = _name(cert.issuer)
         if index + 1 == len(chain):
+            refused = [(a, p) for a in named if (p := _key_problem(a))]
+            if refused:  # some releases of cryptography cannot even check a signature with such a key
+                anchor, problem = refused[0]
+                text = f"the trusted certificate {_name(anchor.subject)} {problem}"
+                raise ChainError(f"chain does not verify: {text}", "algorithm", 0)
             if named:
                 raise ChainError(
                     f"chain does not verify: {label} names {issuer} as its issuer; a trusted certificate has "
