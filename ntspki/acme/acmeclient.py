@@ -41,7 +41,7 @@ from ntspki.acme.connection import (
 from ntspki.acme.solvers import Challenge, Solver
 from ntspki.errors import NtspkiError
 from ntspki.issuing.issue import Issued, Request
-from ntspki.pki import keys, names
+from ntspki.pki import keys, names, verify
 from ntspki.store import Home
 
 
@@ -114,7 +114,7 @@ def _csr(key, gns: list[x509.GeneralName]) -> x509.CertificateSigningRequest:
 
 
 def _check_issued(fullchain_pem: str, key, gns: list[x509.GeneralName]) -> list[x509.Certificate]:
-    certs = pki.load_certs(fullchain_pem.encode(), "the CA's certificate chain")
+    certs = verify.load_chain(fullchain_pem.encode(), "the CA's certificate chain")
     leaf = certs[0]
     if not keys.key_matches_cert(key, leaf):
         raise NtspkiError("the CA returned a certificate for a different key")
@@ -124,14 +124,12 @@ def _check_issued(fullchain_pem: str, key, gns: list[x509.GeneralName]) -> list[
         raise NtspkiError(f"the CA returned a certificate without {', '.join(missing)}")
     if len(certs) < 2:
         raise NtspkiError("the CA returned no intermediate certificate (NTS clients need the chain)")
-    for cert, issuer in zip(certs, certs[1:]):
-        try:
-            cert.verify_directly_issued_by(issuer)
-        except Exception:
-            raise NtspkiError(
-                f"the CA's chain is out of order: {cert.subject.rfc4514_string()} is not "
-                f"signed by {issuer.subject.rfc4514_string()}"
-            )
+    try:
+        # The root is not sent and may not be here: the last certificate sent stands in for it,
+        # every other rule is the one deploy applies to this chain later.
+        verify.verify_chain(None, certs, gns)
+    except verify.ChainError as e:
+        raise verify.ChainError(f"the CA's certificate chain: {e}", e.rule, e.position)
     return certs
 
 

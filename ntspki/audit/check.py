@@ -217,21 +217,22 @@ class Checker:
         return chain
 
     def cert_file(self, path: str, where: str) -> list:
-        from cryptography import x509
-
         from ntspki import pki
-        from ntspki.nts import probe
+        from ntspki.pki import verify
 
         data = self.read(path, "cert", where)
         if data is None:
             return []
         try:
-            chain = x509.load_pem_x509_certificates(data)
-        except ValueError:
+            chain = verify.load_chain(data, path)
+        except verify.ChainError as e:
+            self.add("critical", "chain-too-long", str(e), "keep only the leaf and its intermediates", path, where)
+            return []
+        except NtspkiError:
             self.add("critical", "cert-unparsable", f"{path} holds no readable PEM certificate", None, path, where)
             return []
         leaf = chain[0]
-        cas = [_is_ca(c) for c in chain]
+        cas = [verify.is_ca(c) for c in chain]
         ordered = True
         if cas[0]:
             ordered = False
@@ -248,7 +249,7 @@ class Checker:
             )
         else:
             for i in range(len(chain) - 1):
-                if not _issued_by(chain[i], chain[i + 1]):
+                if not verify.issued_by(chain[i], chain[i + 1]):
                     ordered = False
                     self.add(
                         "critical",
@@ -272,25 +273,15 @@ class Checker:
             )
         if ordered:
             self.local_leaves.append(leaf)
-            problem = probe.verify_chain(self.store(), chain)
-            if problem is None:
+            try:
+                verify.verify_chain(self.store(), chain)
+            except verify.ChainError as e:
+                self.chain_refused(e, len(chain), path, where)
+            else:
                 self.add("ok", "chain-verifies", f"{path} verifies against {self.trust_text}", path=path)
-            elif len(chain) == 1 and "issuer" in problem:
-                self.add(
-                    "critical",
-                    "chain-incomplete",
-                    f"{path} holds only the server certificate, not its intermediates: clients fail with "
-                    "'The certificate issuer is unknown.'",
-                    "point ntsservercert at the full chain (leaf then intermediates, e.g. fullchain.pem)",
-                    path,
-                    where,
-                )
-            elif "expired" not in problem and "not yet valid" not in problem:  # reported below
-                hint = None if self.ca_files else "for a private CA, give its root with --ca ROOT.pem"
-                self.add("critical", "chain-verify", f"{path}: {problem}", hint, path, where)
         # Out of order, the server certificate is still somewhere in the file: judge that one.
         leaf = next((c for c, ca in zip(chain, cas) if not ca), leaf)
-        eku = probe.eku_error(leaf)
+        eku = verify.eku_error(leaf)
         if eku:
             self.add("critical", "eku", f"{path}: {eku}", "issue a certificate with EKU serverAuth", path, where)
         if not pki.sans_of(leaf):
@@ -305,6 +296,25 @@ class Checker:
         for i, c in enumerate(chain, 1):
             self.expiry(c, path, i, where)
         return chain
+
+    def chain_refused(self, e, length: int, path: str, where: str) -> None:
+        """A finding for the verifier's refusal, unless one below (expiry, eku, no-san) says it for
+        a certificate in the file."""
+        if length == 1 and e.rule == "unknown-issuer":
+            self.add(
+                "critical",
+                "chain-incomplete",
+                f"{path} holds only the server certificate, not its intermediates: clients fail with "
+                "'The certificate issuer is unknown.'",
+                "point ntsservercert at the full chain (leaf then intermediates, e.g. fullchain.pem)",
+                path,
+                where,
+            )
+        elif e.rule in ("eku", "no-san") and e.position == 1 or e.rule in ("expired", "not-yet-valid") and e.position:
+            return
+        else:
+            hint = None if self.ca_files else "for a private CA, give its root with --ca ROOT.pem"
+            self.add("critical", "chain-verify", f"{path}: {e}", hint, path, where)
 
     def expiry(self, cert, path: str, position: int, where: str) -> None:
         from ntspki import pki
@@ -641,7 +651,7 @@ class Checker:
 
     def name_type(self, src: chronyconf.Source) -> None:
         """A source that is this very machine can be checked against the certificate served here."""
-        from ntspki.nts import probe
+        from ntspki.pki import verify
 
         ip = names.parse_ip(src.host)
         where = src.directive.where
@@ -655,7 +665,7 @@ class Checker:
             )
         if not self.local_leaves or not _is_local(src.host):
             return
-        problems = [probe.name_error(leaf, src.host) for leaf in self.local_leaves]
+        problems = [verify.name_error(leaf, src.host) for leaf in self.local_leaves]
         if all(problems):
             code = "name-type" if ip is not None else "name-mismatch"
             self.add(
@@ -678,25 +688,6 @@ class Checker:
             self.add("ok", "source-probe", f"{src.kind} {src.host}: NTS works (stratum {r.stratum})", where=where)
         else:
             self.add("critical", "source-probe", f"{src.kind} {src.host}: {r.error}", None, where=where)
-
-
-def _is_ca(cert) -> bool:
-    from cryptography import x509
-
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
-
-
-def _issued_by(child, parent) -> bool:
-    if child.issuer != parent.subject:
-        return False
-    try:
-        child.verify_directly_issued_by(parent)
-        return True
-    except Exception:
-        return False
 
 
 def _is_local(host: str) -> bool:

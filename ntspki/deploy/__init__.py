@@ -26,7 +26,7 @@ Every step in STEPS is announced to `on_step` (a no-op): the crash tests replace
 process of their own, to stop at a step and SIGKILL the deploy exactly there.
 
 Also in this package: target configuration (`deployconfig`) and the watcher (`watch`).
-Layer: orchestration. May import `store`, `pki`, `servers`, `nts` (the served-certificate check)
+Layer: orchestration. May import `store`, `pki`, `servers`, `nts` (the served-certificate check, trust anchors)
 and `errors`; never `cli` or `issuing`.
 """
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,7 +45,7 @@ from ntspki import pki
 from ntspki.deploy import deployconfig
 from ntspki.deploy.deployconfig import Target
 from ntspki.errors import NtspkiError
-from ntspki.pki import keys, names
+from ntspki.pki import keys, names, verify
 from ntspki.servers import services
 from ntspki.store import Home, access, fsutil, ledger, read_live_dir
 
@@ -113,28 +112,6 @@ class Pair:
             return False
 
 
-def _system_roots() -> list:
-    # pki.verify_chain takes a list of certificates, not the OpenSSL store probe.trust_store
-    # builds, so the system bundle is read here.
-    paths = ssl.get_default_verify_paths()
-    for f in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
-        if f and os.path.isfile(f):
-            return pki.load_certs(Path(f).read_bytes(), f)
-    return []
-
-
-def _roots(target: Target) -> list:
-    if not target.ca:
-        return _system_roots()
-    out = []
-    for path in target.ca:
-        try:
-            out += pki.load_certs(path.read_bytes(), str(path))
-        except OSError as e:
-            raise NtspkiError(f"cannot read CA file {path}: {e.strerror}")
-    return out
-
-
 def load_source(target: Target) -> Pair:
     """Read the target's lineage and check everything the server will need. Raises NtspkiError."""
     src = target.source_dir
@@ -146,7 +123,7 @@ def load_source(target: Target) -> Pair:
             f"{src}/privkey.pem is encrypted: {target.service.name} cannot load an "
             "encrypted key (it fails with 'Decryption has failed')"
         )
-    chain = pki.load_certs(lineage.fullchain, f"{src}/fullchain.pem")
+    chain = verify.load_chain(lineage.fullchain, f"{src}/fullchain.pem")
     if not keys.key_matches_cert(key, chain[0]):
         where = next((i for i, c in enumerate(chain) if keys.key_matches_cert(key, c)), None)
         if where is not None:
@@ -160,30 +137,26 @@ def load_source(target: Target) -> Pair:
             f"{src}: {target.service.name} cannot load a {key_type} key "
             f"(it loads {', '.join(target.service.key_types)})"
         )
-    for a, b in zip(chain, chain[1:]):
-        if a.issuer != b.subject:
-            raise NtspkiError(
-                f"{src}/fullchain.pem is out of order: {b.subject.rfc4514_string()} "
-                f"did not issue {a.subject.rfc4514_string()}"
-            )
-    leaf, now = chain[0], pki.now()
-    if leaf.not_valid_after_utc <= now:
-        raise NtspkiError(f"{src}: the certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-    if leaf.not_valid_before_utc > now:
-        raise NtspkiError(f"{src}: the certificate is not valid before {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
     ledger.refuse_revoked(src, *chain)
+    leaf = chain[0]
     wanted = list(target.names) if target.names else None
     if target.probe_name:
         wanted = (wanted or pki.san_strings(leaf)) + [target.probe_name]
     general = names.unique_sans(wanted) if wanted else None
-    roots = _roots(target)
-    if not roots:
-        raise NtspkiError(f"{src}: no trusted roots to check the chain against: set `ca` (--ca FILE)")
+    from ntspki.nts.probe import trust_store
+
     try:
-        pki.verify_chain(roots, chain, general)
-    except NtspkiError as e:
-        hint = "" if target.ca else " (set `ca` / --ca to the root that issued it)"
+        # Order, validity, every CA rule and the names: the verifier probe, check and issue use.
+        verify.verify_chain(trust_store(target.ca), chain, general)
+    except verify.ChainError as e:
+        hint = (
+            ""
+            if target.ca or e.rule not in ("unknown-issuer", "untrusted")
+            else " (set `ca` / --ca to the root that issued it)"
+        )
         raise NtspkiError(f"{src}: {e}{hint}")
+    except NtspkiError as e:  # an unreadable CA file, no system trust store
+        raise NtspkiError(f"{src}: {e}")
     return Pair(lineage.privkey, lineage.fullchain)
 
 

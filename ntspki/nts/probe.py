@@ -1,6 +1,6 @@
 """`probe`: what a real NTS client does, step by step, with one clear line for whatever fails.
 
-NTS-KE over TLS 1.3 (ALPN ntske/1), the certificate checked the way chrony (GnuTLS) checks it,
+NTS-KE over TLS 1.3 (ALPN ntske/1), the certificate checked by the one verifier (ntspki.pki.verify),
 then one authenticated NTP exchange with the exported keys and a received cookie.
 """
 
@@ -16,9 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.nts import NTSKE_PORT
-from ntspki.pki import names
+from ntspki.pki import names, verify
 
 DEFAULT_PORT = NTSKE_PORT
 
@@ -110,17 +111,17 @@ def read_targets(path: str) -> list[str]:
     return [t for line in text.splitlines() for t in line.split("#", 1)[0].split()]
 
 
-# ---- trust and chrony-style certificate checks ---------------------------------------------------
+# ---- trust ------------------------------------------------------------------------------------
 
-_trust_cache: dict[tuple, object] = {}
+_trust_cache: dict[tuple, verify.Anchors] = {}
 _trust_lock = threading.Lock()
 
 
-def trust_store(ca_files=(), system: bool | None = None):
-    """An OpenSSL X509Store with the --ca files, else (or also, with system=True) the system store.
-    Cached: probe_many and the benchmark verify hundreds of chains against the same roots."""
-    from OpenSSL import crypto
-
+def trust_store(ca_files=(), system: bool | None = None) -> verify.Anchors:
+    """The trust anchors for verify.verify_chain: the --ca files (and directories, as chrony's
+    ntstrustedcerts reads them), else (or also, with system=True) the system bundle. Any trusted
+    certificate ends a chain, root or not, as in GnuTLS (chrony). Cached: probe_many, deploy and
+    the benchmark verify many chains against the same anchors."""
     files = tuple(str(p) for p in ca_files)
     system = not files if system is None else system
     # Keyed on each file's identity too: a long-running `ntspki watch` must see a replaced CA file.
@@ -128,23 +129,14 @@ def trust_store(ca_files=(), system: bool | None = None):
     with _trust_lock:
         if key in _trust_cache:
             return _trust_cache[key]
-        store = crypto.X509Store()
-        # GnuTLS (chrony) accepts a chain that ends at ANY trusted certificate, root or not.
-        store.set_flags(crypto.X509StoreFlags.PARTIAL_CHAIN)
-        for path in files:
-            _load_ca_file(store, path)
+        certs = [cert for path in files for cert in _read_ca_file(path)]
         if system:
-            paths = ssl.get_default_verify_paths()
-            if not (paths.cafile or paths.capath):
-                raise NtspkiError(f"no system trust store ({paths.openssl_cafile} is missing): use --ca FILE")
-            try:
-                store.load_locations(paths.cafile, paths.capath)
-            except Exception as e:
-                raise NtspkiError(f"cannot load the system trust store ({paths.cafile}): {e}; use --ca FILE")
+            certs += _system_bundle()
+        anchors = verify.Anchors(certs)
         if len(_trust_cache) > 32:
             _trust_cache.clear()
-        _trust_cache[key] = store
-        return store
+        _trust_cache[key] = anchors
+        return anchors
 
 
 def _identity(path: str) -> tuple:
@@ -155,99 +147,32 @@ def _identity(path: str) -> tuple:
         return (None,)
 
 
-def _load_ca_file(store, path: str) -> None:
-    from cryptography import x509
-    from OpenSSL import crypto
-
+def _read_ca_file(path: str) -> list:
     if Path(path).is_dir():
         # As chrony's ntstrustedcerts does with a directory: every *.crt file in it.
-        for crt in sorted(Path(path).glob("*.crt")):
-            _load_ca_file(store, str(crt))
-        return
+        return [cert for crt in sorted(Path(path).glob("*.crt")) for cert in _read_ca_file(str(crt))]
     try:
         data = Path(path).read_bytes()
     except OSError as e:
         raise NtspkiError(f"cannot read CA file {path}: {e.strerror}", 2)
     try:
-        certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
+        return pki.load_certs(data, f"CA file {path}")
+    except NtspkiError:
         raise NtspkiError(f"CA file {path} holds no PEM certificate", 2)
-    for cert in certs:
-        store.add_cert(crypto.X509.from_cryptography(cert))
 
 
-def verify_chain(store, chain: list) -> str | None:
-    """None if `chain` (leaf first, as sent) leads to a trusted certificate, else why not."""
-    from OpenSSL import crypto
-
-    if not chain:
-        return "the server sent no certificate"
-    leaf = crypto.X509.from_cryptography(chain[0])
-    rest = [crypto.X509.from_cryptography(c) for c in chain[1:]]
-    try:
-        crypto.X509StoreContext(store, leaf, rest).verify_certificate()
-    except crypto.X509StoreContextError as e:
-        reason = e.args[0] if e.args else str(e)
-        who = e.certificate.to_cryptography().subject.rfc4514_string() if e.certificate else "?"
-        hint = ""
-        if "local issuer" in reason or "unable to get issuer" in reason:
-            hint = (
-                " (chrony: 'The certificate issuer is unknown.'; the server must send its intermediates "
-                "and the client must trust the root)"
-            )
-        return f"certificate verify failed: {reason} ({who}){hint}"
-    return None
-
-
-def name_error(cert, name: str) -> str | None:
-    """chrony's (GnuTLS's) rule: an IP address must be an IP SAN, a host name a DNS SAN (wildcards
-    as a whole left-most label); no fallback to the CN. None when the name matches."""
-    from cryptography import x509
-
-    from ntspki import pki
-
-    sans = pki.sans_of(cert)
-    ip = names.parse_ip(name)
-    listed = ", ".join(pki.san_strings(cert)) or "none"
-    if ip is not None:
-        if any(isinstance(g, x509.IPAddress) and g.value == ip for g in sans):
-            return None
-        return (
-            f"the name in the certificate does not match: {ip} is not an IP SAN "
-            f"(an address needs an IP SAN; names: {listed})"
-        )
-    wanted = name.rstrip(".").lower()
-    for g in sans:
-        if isinstance(g, x509.DNSName) and _dns_match(g.value.lower(), wanted):
-            return None
-    return f"the name in the certificate does not match: {wanted} is not a DNS SAN (names: {listed})"
-
-
-def _dns_match(pattern: str, name: str) -> bool:
-    if pattern == name:
-        return True
-    if pattern.startswith("*.") and "." in name:
-        head, rest = name.split(".", 1)
-        return bool(head) and rest == pattern[2:]
-    return False
-
-
-def eku_error(cert) -> str | None:
-    from cryptography import x509
-    from cryptography.x509.oid import ExtendedKeyUsageOID
-
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    if ExtendedKeyUsageOID.SERVER_AUTH in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku:
-        return None
-    return "the certificate is not for TLS servers (extendedKeyUsage lacks serverAuth)"
+def _system_bundle() -> list:
+    paths = ssl.get_default_verify_paths()
+    for bundle in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
+        if bundle and os.path.isfile(bundle):
+            try:
+                return pki.load_certs(Path(bundle).read_bytes(), bundle)
+            except (OSError, NtspkiError) as e:
+                raise NtspkiError(f"cannot load the system trust store ({bundle}): {e}; use --ca FILE")
+    raise NtspkiError(f"no system trust store ({paths.openssl_cafile} is missing): use --ca FILE")
 
 
 def cert_dict(cert) -> dict:
-    from ntspki import pki
-
     return asdict(pki.CertInfo.of(cert))
 
 
@@ -294,13 +219,10 @@ def probe(
             if session.chain:
                 result.days_left = days_left(session.chain[0])
             client.check_protocol()
-            problem = (
-                verify_chain(store, session.chain)
-                or name_error(session.chain[0], check_name)
-                or eku_error(session.chain[0])
-            )
-            if problem:
-                raise ntske.ProtocolError("verify", problem)
+            try:
+                verify.verify_chain(store, session.chain, [check_name])
+            except verify.ChainError as e:
+                raise ntske.ProtocolError("verify", str(e))
             result.verified = True
             resp = client.exchange()
             result.aead, result.cookies = resp.aead, len(resp.cookies)
@@ -382,7 +304,6 @@ def served_fingerprint(host: str, port: int = NTSKE_PORT, name: str | None = Non
     """SHA-256 of the leaf certificate an NTS-KE server presents (TLS 1.3, ALPN ntske/1): probe's
     handshake without its chain and name checks, since the fingerprint pins the exact certificate.
     Raises ntske.ProtocolError when there is no such handshake."""
-    from ntspki import pki
     from ntspki.nts import ntske
 
     sni = name if name and not names.is_ip(name) else None

@@ -147,6 +147,15 @@ def is_ca(cert: x509.Certificate) -> bool:
         return False
 
 
+def eku_error(leaf: x509.Certificate) -> str | None:
+    """None when `leaf` may serve TLS: no extendedKeyUsage, or one listing serverAuth (anyExtendedKeyUsage
+    does not do, as in the Web PKI)."""
+    eku = _extension(leaf, x509.ExtendedKeyUsage)
+    if eku is None or ExtendedKeyUsageOID.SERVER_AUTH in eku:
+        return None
+    return "the certificate is not for TLS servers (extendedKeyUsage lacks serverAuth)"
+
+
 def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     """Whether `parent` is named as `child`'s issuer and its key verifies `child`'s signature."""
     if child.issuer != parent.subject:
@@ -338,8 +347,7 @@ def _check_leaf(path: _Path) -> None:
     leaf, label = path.certs[0], path.label(0)
     if is_ca(leaf):
         raise path.fail(0, "leaf-is-ca", f"{label} is a CA certificate (basicConstraints cA), not a server certificate")
-    eku = _extension(leaf, x509.ExtendedKeyUsage)
-    if eku is not None and ExtendedKeyUsageOID.SERVER_AUTH not in eku:
+    if eku_error(leaf):
         raise path.fail(0, "eku", f"{label} is not for TLS servers (extendedKeyUsage lacks serverAuth)")
     if not pki.sans_of(leaf):
         raise path.fail(0, "no-san", f"{label} has no DNS or IP subjectAltName: no client can match it")
