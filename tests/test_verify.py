@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import ipaddress
+import shutil
 import subprocess
 import time
 
@@ -16,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
+from ntspki.errors import NtspkiError
 from ntspki.pki import keys, verify
 from ntspki.pki.verify import ChainError
 
@@ -514,3 +516,135 @@ def test_many_anchors_of_one_name_and_different_keys_stay_bounded():
     with pytest.raises(ChainError) as e:
         verify.verify_chain(roots, [leaf, inter])
     assert e.value.rule == "untrusted" and time.monotonic() - start < 1.0
+
+
+# ---- every caller refuses a defective Ed25519 chain --------------------------------------------------
+# The defect the old hand-written Ed25519 fallback let through: an intermediate with pathLenConstraint 0
+# followed by another CA (issue's own path has no room for it: there, a name in an excluded subtree).
+
+
+def pem(*certs) -> bytes:
+    return b"".join(c.public_bytes(serialization.Encoding.PEM) for c in certs)
+
+
+@pytest.fixture
+def ed25519_pathlen():
+    roots, chain, names = build("ed25519", "pathlen-0-then-another-ca")
+    return roots[0], chain, keys.private_pem(key("ed25519", "leaf"))
+
+
+def _ed25519_home(path, root, intermediate=None):
+    """A home made by `ca create`, then given this test's Ed25519 root (and intermediate)."""
+    from ntspki.issuing import ca as ca_mod
+    from ntspki.store import Home
+
+    home = Home(path)
+    ca_mod.create(home, key_type="ed25519", passphrase=None)
+    (home.ca_dir / "root.pem").write_bytes(pem(root))
+    if intermediate is not None:
+        (home.ca_dir / "intermediate.pem").write_bytes(pem(intermediate))
+        (home.private_dir / "intermediate.key").write_bytes(keys.private_pem(key("ed25519", "int")))
+    return home
+
+
+def test_issue_refuses_and_writes_nothing(tmp_path):
+    from ntspki.issuing import issue
+
+    rk, ik = key("ed25519", "root"), key("ed25519", "int")
+    root = make_cert("root", rk, "root", rk, ca=True)
+    inter = make_cert("int", ik, "root", rk, ca=True, path_length=0, constraints=nc(None, dns("bad.example.net")))
+    home = _ed25519_home(tmp_path / "home", root, inter)
+    with pytest.raises(ChainError, match="x.bad.example.net in certificate #1.*excluded") as e:
+        issue.issue(home, "ntp.example.net", ["x.bad.example.net"], key_type="ed25519", days=7)
+    assert e.value.rule == "name-constraints"
+    assert not (home.live / "ntp.example.net").exists()
+
+
+def test_show_reports_the_refusal(tmp_path, ed25519_pathlen):
+    import json
+
+    from tests.conftest import run_cli
+
+    root, chain, key_pem = ed25519_pathlen
+    home = _ed25519_home(tmp_path / "home", root)
+    with home.lock():
+        home.write_version("ntp.example.net", key_pem, pem(chain[0]), pem(*chain[1:]))
+    proc = run_cli("show", "ntp.example.net", "--json", home=tmp_path / "home")
+    assert proc.returncode == 1, proc.stderr
+    info = json.loads(proc.stdout)
+    assert info["chain_ok"] is False and "pathLenConstraint" in info["chain_error"], info
+
+
+def test_deploy_refuses_the_source(tmp_path, ed25519_pathlen):
+    from ntspki import deploy
+    from ntspki.deploy import deployconfig
+
+    root, chain, key_pem = ed25519_pathlen
+    live = tmp_path / "live"
+    live.mkdir()
+    for name, data in (
+        ("privkey", key_pem),
+        ("cert", pem(chain[0])),
+        ("chain", pem(*chain[1:])),
+        ("fullchain", pem(*chain)),
+    ):
+        (live / f"{name}.pem").write_bytes(data)
+    (tmp_path / "root.pem").write_bytes(pem(root))
+    settings = {
+        "source": str(live),
+        "ca": str(tmp_path / "root.pem"),
+        "cert": str(tmp_path / "d/c.crt"),
+        "key": str(tmp_path / "d/c.key"),
+    }
+    target = deployconfig.make_target("t", settings)
+    with pytest.raises(NtspkiError, match="pathLenConstraint"):
+        deploy.load_source(target)
+    assert not (tmp_path / "d").exists()
+
+
+def test_check_reports_the_refusal(tmp_path, ed25519_pathlen):
+    from ntspki.audit.check import check
+
+    root, chain, key_pem = ed25519_pathlen
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    (tmp_path / "key.pem").chmod(0o600)
+    (tmp_path / "fullchain.pem").write_bytes(pem(*chain))
+    (tmp_path / "root.pem").write_bytes(pem(root))
+    conf = tmp_path / "chrony.conf"
+    conf.write_text(f"ntsserverkey {tmp_path}/key.pem\nntsservercert {tmp_path}/fullchain.pem\n")
+    report = check(str(conf), ca_files=[str(tmp_path / "root.pem")], user="root")
+    found = [f for f in report.findings if f.code == "chain-verify"]
+    assert report.status == "CRITICAL" and found and "pathLenConstraint" in found[0].message, report.findings
+    assert "chain-verifies" not in report.codes("ok")
+
+
+def test_the_acme_chain_check_refuses(ed25519_pathlen):
+    from ntspki.acme import acmeclient
+    from ntspki.pki import names
+
+    root, chain, key_pem = ed25519_pathlen
+    gns = names.unique_sans(["ntp.example.net", "192.0.2.1"])
+    leaf_key = serialization.load_pem_private_key(key_pem, None)
+    with pytest.raises(ChainError, match="the CA's certificate chain: .*pathLenConstraint"):
+        acmeclient._check_issued(pem(*chain).decode(), leaf_key, gns)
+    # the same chain without the defect passes (the last certificate sent stands in for the root)
+    roots, good, _ = build("ed25519", "ok")
+    assert acmeclient._check_issued(pem(*good).decode(), leaf_key, gns) == good
+
+
+def test_probe_refuses_what_chronyd_serves(chrony_servers, ed25519_pathlen):
+    from ntspki.nts.probe import probe
+    from ntspki.servers import lab
+
+    root, chain, key_pem = ed25519_pathlen
+    work = lab.make_workdir("ntspki-verify-")
+    try:
+        (work / "key.pem").write_bytes(key_pem)
+        (work / "fullchain.pem").write_bytes(pem(*chain))
+        (work / "root.pem").write_bytes(pem(root))
+        server = chrony_servers(work / "key.pem", work / "fullchain.pem", workdir=work / "chronyd", user="root")
+        r = probe(f"127.0.0.1:{server.nts_port}", ca_files=[work / "root.pem"], name="ntp.example.net")
+        assert not r.ok and r.stage == "verify" and "pathLenConstraint" in r.error, r.error
+        assert r.chain and r.chain[0]["subject"] == "CN=ntp.example.net"  # what was served is still reported
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -9,9 +9,11 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+import re
 import ssl
 import threading
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -162,14 +164,30 @@ def _read_ca_file(path: str) -> list:
 
 
 def _system_bundle() -> list:
+    from cryptography import x509
+
     paths = ssl.get_default_verify_paths()
     for bundle in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
         if bundle and os.path.isfile(bundle):
             try:
-                return pki.load_certs(Path(bundle).read_bytes(), bundle)
-            except (OSError, NtspkiError) as e:
-                raise NtspkiError(f"cannot load the system trust store ({bundle}): {e}; use --ca FILE")
+                data = Path(bundle).read_bytes()
+            except OSError as e:
+                raise NtspkiError(f"cannot load the system trust store ({bundle}): {e.strerror}; use --ca FILE")
+            # One by one: a root this release of cryptography cannot read (or warns about, such as a
+            # serial number that is not positive) must not take the other roots with it.
+            certs = []
+            for block in _PEM_CERT.findall(data):
+                try:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        certs.append(x509.load_pem_x509_certificate(block))
+                except ValueError:
+                    continue
+            return certs
     raise NtspkiError(f"no system trust store ({paths.openssl_cafile} is missing): use --ca FILE")
+
+
+_PEM_CERT = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
 
 def cert_dict(cert) -> dict:

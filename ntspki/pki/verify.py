@@ -116,24 +116,27 @@ def name_error(leaf: x509.Certificate, name: str | x509.GeneralName) -> str | No
     """None when `name` is one of the leaf's names, else why not. chrony's (GnuTLS's) rule: an IP
     address must be an IP SAN, a host name a DNS SAN; no fallback to the subject's CN."""
     sans = pki.sans_of(leaf)
-    listed = ", ".join(str(g.value) for g in sans) or "none"
     if isinstance(name, x509.IPAddress):
-        ip = name.value
-    elif isinstance(name, x509.DNSName):
-        ip, name = None, name.value
+        ip, text = name.value, str(name.value)
+    elif isinstance(name, x509.GeneralName):
+        ip, text = None, str(name.value)
     else:
-        ip = names_mod.parse_ip(name)
+        ip, text = names_mod.parse_ip(name), name
     if ip is not None:
         if any(isinstance(g, x509.IPAddress) and g.value == ip for g in sans):
             return None
         return (
             f"the name in the certificate does not match: {ip} is not an IP SAN "
-            f"(an address needs an IP SAN; names: {listed})"
+            f"(an address needs an IP SAN; names: {_listed(sans)})"
         )
-    wanted = str(name).rstrip(".").lower()
+    wanted = text.rstrip(".").lower()
     if any(isinstance(g, x509.DNSName) and dns_matches(g.value, wanted) for g in sans):
         return None
-    return f"the name in the certificate does not match: {wanted} is not a DNS SAN (names: {listed})"
+    return f"the name in the certificate does not match: {wanted} is not a DNS SAN (names: {_listed(sans)})"
+
+
+def _listed(sans: list[x509.GeneralName]) -> str:
+    return ", ".join(str(g.value) for g in sans) or "none"
 
 
 # ---- small public helpers (check reports chain order with them) ----------------------------------
@@ -228,11 +231,8 @@ class _Path:
         """1-based place in the chain as sent; 0 for a trust anchor that was not sent."""
         return 0 if index == len(self.certs) - 1 and not self.anchor_sent else index + 1
 
-    def label(self, index: int) -> str:
-        cert = self.certs[index]
-        if index == len(self.certs) - 1 and not self.anchor_sent:
-            return f"the trusted certificate {_name(cert.subject)}"
-        return _label(cert, index + 1)
+    def label(self, index: int) -> _label:
+        return _label(self.certs[index], index + 1, trusted=self.position(index) == 0)
 
     def fail(self, index: int, rule: str, text: str) -> ChainError:
         return ChainError(f"chain does not verify: {text}", rule, self.position(index))
@@ -546,9 +546,17 @@ def _name(name: x509.Name) -> str:
     return name.rfc4514_string() or "an empty name"
 
 
-def _label(cert: x509.Certificate, position: int) -> str:
-    """'certificate #2 (CN=...)', numbered as in the chain that was sent."""
-    return f"certificate #{position} ({_name(cert.subject)})"
+class _label:  # noqa: N801 (used like a function)
+    """'certificate #2 (CN=...)', numbered as in the chain that was sent, or 'the trusted
+    certificate CN=...'; spelt out only when a message is made (names are slow to print)."""
+
+    def __init__(self, cert: x509.Certificate, position: int, trusted: bool = False):
+        self.cert, self.position, self.trusted = cert, position, trusted
+
+    def __str__(self) -> str:
+        if self.trusted:
+            return f"the trusted certificate {_name(self.cert.subject)}"
+        return f"certificate #{self.position} ({_name(self.cert.subject)})"
 
 
 def _oid_name(oid: x509.ObjectIdentifier) -> str:
