@@ -340,11 +340,31 @@ def test_messages_name_the_certificate_the_rule_and_the_name():
     assert e.value.rule == "unknown-issuer" and e.value.position == 1
 
 
-def test_the_chain_must_be_in_order():
-    roots, chain, names = build("ed25519", "ok-two-intermediates-within-path-length")
-    with pytest.raises(ChainError, match=r"certificate #2 \(CN=int\) did not issue certificate #1") as e:
-        verify.verify_chain(roots, [chain[0], chain[2], chain[1]], names)
-    assert e.value.rule == "order"
+def test_intermediates_in_any_order_as_tls_clients_take_them():
+    # GnuTLS sorts what the server sends, OpenSSL and the Web PKI search it: the verdict is theirs.
+    for kt in KEY_TYPES:
+        roots, chain, names = build(kt, "ok-two-intermediates-within-path-length")
+        shuffled = [chain[0], chain[2], chain[1]]
+        assert verify.verify_chain(roots, shuffled, names) == [*chain, roots[0]]
+        if kt == "ec-p256":
+            reference = PolicyBuilder().store(Store(roots)).time(NOW)
+            reference.build_server_verifier(x509.verification.DNSName(names[0])).verify(shuffled[0], shuffled[1:])
+
+
+def test_a_dead_end_in_the_chain_is_left_for_the_way_that_leads_to_the_anchor():
+    # A cross-signed intermediate first (its issuer is not trusted), the one the trusted root signed
+    # after it, and an unrelated certificate: the search takes the way that works.
+    rk, ik, lk, other = (key("ed25519", r) for r in ("root", "int", "leaf", "other"))
+    root = make_cert("root", rk, "root", rk, ca=True)
+    cross = make_cert("int", ik, "old root", other, ca=True, path_length=0)
+    inter = make_cert("int", ik, "root", rk, ca=True, path_length=0)
+    stray = make_cert("stray", other, "stray", other, ca=True)
+    leaf = make_cert("ntp.example.net", lk, "int", ik, ca=False, sans=LEAF_SANS, eku=[SERVER])
+    assert verify.verify_chain([root], [leaf, cross, stray, inter]) == [leaf, inter, root]
+    # Without the way that works, the message is about the deepest dead end, by position.
+    with pytest.raises(ChainError, match=r"certificate #2 \(CN=int\) was issued by CN=old root, which is neither") as e:
+        verify.verify_chain([root], [leaf, cross, stray])
+    assert e.value.rule == "unknown-issuer" and e.value.position == 2
 
 
 def test_an_intermediate_can_be_the_trust_anchor():
@@ -357,6 +377,33 @@ def test_an_intermediate_can_be_the_trust_anchor():
 def test_the_path_is_returned_leaf_first_ending_with_the_anchor():
     roots, chain, names = build("rsa-2048", "ok-root-sent-along")
     assert verify.verify_chain(roots, chain) == [chain[0], chain[1], roots[0]]
+
+
+def test_an_address_of_the_other_family_is_outside_an_ip_only_permitted_subtree():
+    rk, ik, lk = key("ed25519", "root"), key("ed25519", "int"), key("ed25519", "leaf")
+    root = make_cert("root", rk, "root", rk, ca=True)
+    inter = make_cert("int", ik, "root", rk, ca=True, path_length=0, constraints=nc([net("192.0.2.0/24")]))
+    leaf = make_cert("ntp", lk, "int", ik, ca=False, sans=dns("ntp.example.net") + ip("192.0.2.7", "2001:db8::7"))
+    with pytest.raises(ChainError, match="2001:db8::7 .* outside the permitted names") as e:
+        verify.verify_chain([root], [leaf, inter], ["ntp.example.net"])
+    assert e.value.rule == "name-constraints" and e.value.position == 2
+
+
+def test_small_mistakes_of_callers_do_not_pass_for_verdicts():
+    roots, chain, _ = build("ed25519", "ok")
+    with pytest.raises(ChainError, match="empty") as e:
+        verify.verify_chain(roots, [])
+    assert e.value.rule == "empty"
+    # one name given as a string is that name, not its characters
+    with pytest.raises(ChainError, match="other.example.net is not a DNS SAN"):
+        verify.verify_chain(roots, chain, "other.example.net")
+    # a naive time is UTC, not a TypeError
+    with pytest.raises(ChainError) as e:
+        verify.verify_chain(roots, chain, at=(NOW + 400 * DAY).replace(tzinfo=None))
+    assert e.value.rule == "expired"
+    # without roots, the last certificate sent stands in for the anchor, and there must be one
+    with pytest.raises(ChainError, match="without the certificate of its issuer"):
+        verify.verify_chain(None, chain[:1])
 
 
 # ---- host-name matching: the one matcher ----------------------------------------------------------
@@ -503,6 +550,19 @@ def test_a_hundred_intermediates_sharing_one_name_and_key_are_refused_at_once():
     # As trust anchors (no length limit there) the copies cost one signature check, not a hundred.
     assert verify.verify_chain(loop, [leaf]) == [leaf, loop[0]]
     assert time.monotonic() - start < 1.0
+
+
+@pytest.mark.parametrize("kt", KEY_TYPES)
+def test_the_search_through_eight_certificates_of_one_name_and_key_stays_bounded(kt):
+    # Every certificate issued every other one: the worst case for a path search, within the limit.
+    k = key(kt, "int")
+    loop = [make_cert("loop", k, "loop", k, ca=True) for _ in range(7)]
+    leaf = make_cert("ntp.example.net", key(kt, "leaf"), "loop", k, ca=False, sans=LEAF_SANS)
+    unrelated = make_cert("root", key(kt, "root"), "root", key(kt, "root"), ca=True)
+    start = time.monotonic()
+    with pytest.raises(ChainError) as e:
+        verify.verify_chain([unrelated], [leaf, *loop])
+    assert e.value.rule == "unknown-issuer" and time.monotonic() - start < 1.0
 
 
 def test_many_anchors_of_one_name_and_different_keys_stay_bounded():

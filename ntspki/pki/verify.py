@@ -6,9 +6,9 @@ cryptography's Web PKI verifier cannot be that one verifier: it refuses Ed25519 
 GnuTLS accept), and some of its releases search paths for minutes on hostile chains. This module is
 an explicit RFC 5280 policy over cryptography's primitives, tightened as the Web PKI is:
 
-- at most MAX_CHAIN certificates, counted before anything is parsed; the path is the chain in the
-  order it is sent (leaf, then each certificate's issuer) up to the first certificate a trust anchor
-  signed: no search, so the work is linear in the chain and the anchors sharing one name;
+- at most MAX_CHAIN certificates, counted before anything is parsed; the path runs from the leaf
+  through the certificates sent, in any order (the sender's first), to the first certificate a
+  trust anchor signed: a search bounded by MAX_CHAIN squared signature checks (`_Search`);
 - keys: P-256, P-384, RSA of 2048 bits or more, Ed25519; signatures: ECDSA or RSA (PKCS#1 v1.5 or
   PSS) with SHA-256/384/512, Ed25519. Anything else (DSA, P-192, P-224, explicit curve parameters,
   short RSA, SHA-1, MD5) is refused by name;
@@ -72,8 +72,12 @@ _ENFORCED = {
 
 
 class ChainError(NtspkiError):
-    """A chain that does not verify. `rule` names the rule (stable, for callers to branch on);
-    `position` is the 1-based place in the chain of the certificate at fault (0: a trust anchor)."""
+    """A chain that does not verify. `position` is the 1-based place in the chain of the certificate
+    at fault (0: a trust anchor that was not sent; None: the chain as a whole). `rule`, stable for
+    callers to branch on, is one of: empty, too-long, algorithm, signature, unknown-issuer,
+    untrusted (an anchor has the issuer's name, not its key), expired, not-yet-valid, malformed,
+    critical-extension, leaf-is-ca, eku, no-san, not-ca, key-usage, path-length, name-constraints,
+    name (a name asked for is not the leaf's)."""
 
     def __init__(self, message: str, rule: str, position: int | None = None):
         super().__init__(message)
@@ -186,7 +190,7 @@ def verify_chain(
     roots=None takes the chain's last certificate as the anchor, for a chain fresh from an ACME CA
     over an authenticated channel whose root this machine may not hold: every rule but trust applies."""
     if not chain:
-        raise ChainError("the chain is empty: there is no server certificate", "empty", 1)
+        raise ChainError("the chain is empty: there is no server certificate", "empty")
     if len(chain) > MAX_CHAIN:
         raise ChainError(
             f"the chain holds {len(chain)} certificates; a chain has at most {MAX_CHAIN} (the server "
@@ -194,6 +198,8 @@ def verify_chain(
             "too-long",
         )
     when = at or pki.now()
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)  # cryptography's times are UTC
     sent = list(chain)
     if roots is None:
         if len(sent) < 2:
@@ -202,16 +208,18 @@ def verify_chain(
                 "unknown-issuer",
                 1,
             )
-        anchors, sent = Anchors(sent[-1:]), sent[:-1]
+        anchors, sent, anchor_position = Anchors(sent[-1:]), sent[:-1], len(sent)
     else:
-        anchors = roots if isinstance(roots, Anchors) else Anchors(roots)
-    path = _Path(_build_path(anchors, sent), anchor_sent=roots is None)
+        anchors, anchor_position = (roots if isinstance(roots, Anchors) else Anchors(roots)), 0
+    path = _Search(anchors, sent, anchor_position).path()
     for index in range(len(path.certs)):
         _check_one(path, index, when)
     _check_leaf(path)
     for index in range(1, len(path.certs)):
         _check_issuer(path, index)
     leaf = path.certs[0]
+    if isinstance(names, (str, x509.GeneralName)):
+        names = [names]  # one name, not its characters
     targets = list(names) if names is not None else list(pki.sans_of(leaf))
     for target in targets:
         problem = name_error(leaf, target)
@@ -221,21 +229,17 @@ def verify_chain(
 
 
 class _Path:
-    """A path being judged: the chain's certificates in the order sent, then the trust anchor."""
+    """A path being judged: certificates from the leaf up to the trust anchor, each with its
+    1-based place in the chain as sent (0 for a trust anchor that was not sent)."""
 
-    def __init__(self, certs: list[x509.Certificate], anchor_sent: bool):
-        self.certs = certs
-        self.anchor_sent = anchor_sent
-
-    def position(self, index: int) -> int:
-        """1-based place in the chain as sent; 0 for a trust anchor that was not sent."""
-        return 0 if index == len(self.certs) - 1 and not self.anchor_sent else index + 1
+    def __init__(self, certs: list[x509.Certificate], positions: list[int]):
+        self.certs, self.positions = certs, positions
 
     def label(self, index: int) -> _label:
-        return _label(self.certs[index], index + 1, trusted=self.position(index) == 0)
+        return _label(self.certs[index], self.positions[index], trusted=self.positions[index] == 0)
 
     def fail(self, index: int, rule: str, text: str) -> ChainError:
-        return ChainError(f"chain does not verify: {text}", rule, self.position(index))
+        return ChainError(f"chain does not verify: {text}", rule, self.positions[index])
 
 
 class Anchors:
@@ -251,11 +255,6 @@ class Anchors:
                 seen.add(key)
                 self.by_subject.setdefault(root.subject, []).append(root)
 
-    def issuer_of(self, cert: x509.Certificate) -> tuple[x509.Certificate | None, list[x509.Certificate]]:
-        """(the trusted certificate whose key signed `cert`, all those with the issuer's name)."""
-        named = self.by_subject.get(cert.issuer, [])
-        return next((a for a in named if issued_by(cert, a)), None), named
-
 
 def _spki(cert: x509.Certificate) -> bytes:
     try:
@@ -264,61 +263,96 @@ def _spki(cert: x509.Certificate) -> bytes:
         return cert.tbs_certificate_bytes
 
 
-def _build_path(anchors: Anchors, chain: list[x509.Certificate]) -> list[x509.Certificate]:
-    """The chain as sent, cut after the first certificate a trust anchor signed, plus that anchor."""
-    for index, cert in enumerate(chain):
-        label = _label(cert, index + 1)
-        problem = _signature_problem(cert) or _key_problem(cert)
-        if problem:
-            raise ChainError(f"chain does not verify: {label} {problem}", "algorithm", index + 1)
-        anchor, named = anchors.issuer_of(cert)
-        if anchor is not None:
-            problem = _key_problem(anchor)
-            if problem:
-                text = f"the trusted certificate {_name(anchor.subject)} {problem}"
-                raise ChainError(f"chain does not verify: {text}", "algorithm", 0)
-            return chain[: index + 1] + [anchor]
+class _Search:
+    """The path from the leaf to a trust anchor through the certificates sent, as TLS clients find
+    it: the sender's order first, any order accepted. At most MAX_CHAIN certificates, each tried
+    as an issuer at most once per child and given up for good once it leads nowhere, so the work
+    is bounded by MAX_CHAIN squared signature checks (plus those of anchors sharing a name)."""
+
+    def __init__(self, anchors: Anchors, sent: list[x509.Certificate], anchor_position: int):
+        self.anchors, self.sent, self.anchor_position = anchors, sent, anchor_position
+        self.dead: set[int] = set()
+        self.failure: tuple[int, ChainError] | None = None  # the one found deepest in the chain
+
+    def path(self) -> _Path:
+        _check_algorithms(self.sent[0], _label(self.sent[0], 1), 1, anchor=False)
+        found = self._from([0])
+        if found is None:
+            assert self.failure is not None
+            raise self.failure[1]
+        return found
+
+    def _from(self, indices: list[int]) -> _Path | None:
+        index = indices[-1]
+        cert, label = self.sent[index], _label(self.sent[index], index + 1)
+        named = self.anchors.by_subject.get(cert.issuer, [])
+        for anchor in named:
+            if issued_by(cert, anchor):
+                at = self.anchor_position
+                _check_algorithms(anchor, _label(anchor, at, trusted=at == 0), at, anchor=True)
+                certs = [self.sent[i] for i in indices] + [anchor]
+                return _Path(certs, [i + 1 for i in indices] + [self.anchor_position])
+        order = sorted(range(len(self.sent)), key=lambda i: (i != index + 1, i))
+        candidates = [i for i in order if i not in indices and self.sent[i].subject == cert.issuer]
+        for i in candidates:
+            if i in self.dead:
+                continue
+            _check_algorithms(self.sent[i], _label(self.sent[i], i + 1), i + 1, anchor=False)
+            if issued_by(cert, self.sent[i]):
+                found = self._from(indices + [i])
+                if found is not None:
+                    return found
+                self.dead.add(i)
+        self._note(len(indices), self._dead_end(cert, label, index, named, candidates))
+        return None
+
+    def _dead_end(self, cert, label, index, named, candidates) -> ChainError:
         issuer = _name(cert.issuer)
-        if index + 1 == len(chain):
-            refused = [(a, p) for a in named if (p := _key_problem(a))]
-            if refused:  # some releases of cryptography cannot even check a signature with such a key
-                anchor, problem = refused[0]
-                text = f"the trusted certificate {_name(anchor.subject)} {problem}"
-                raise ChainError(f"chain does not verify: {text}", "algorithm", 0)
-            if named:
-                raise ChainError(
-                    f"chain does not verify: {label} names {issuer} as its issuer; a trusted certificate has "
-                    "that name but not the key that signed it (another CA with the same name)",
-                    "untrusted",
-                    index + 1,
-                )
-            raise ChainError(
-                f"chain does not verify: {label} was issued by {issuer}, which is neither trusted nor in the "
-                "chain (chrony: 'The certificate issuer is unknown.'): the server must send its "
-                "intermediates and the client must trust the root",
-                "unknown-issuer",
-                index + 1,
-            )
-        parent = chain[index + 1]
-        parent_label = _label(parent, index + 2)
-        if cert.issuer != parent.subject:
-            raise ChainError(
-                f"chain does not verify: {parent_label} did not issue {label}, whose issuer is {issuer}: "
-                "the chain must be the leaf, then its issuer, then that one's issuer",
-                "order",
-                index + 2,
-            )
-        problem = _key_problem(parent)
-        if problem:
-            raise ChainError(f"chain does not verify: {parent_label} {problem}", "algorithm", index + 2)
-        if not issued_by(cert, parent):
-            raise ChainError(
+        refused = [(a, p) for a in named if (p := _key_problem(a))]
+        if refused:  # some releases of cryptography cannot even check a signature with such a key
+            anchor, problem = refused[0]
+            text = f"the trusted certificate {_name(anchor.subject)} {problem}"
+            return ChainError(f"chain does not verify: {text}", "algorithm", 0)
+        unsigned = [i for i in candidates if i not in self.dead]
+        if unsigned:
+            return ChainError(
                 f"chain does not verify: the signature on {label} does not verify with the key of "
-                f"{parent_label}, which it names as its issuer",
+                f"{_label(self.sent[unsigned[0]], unsigned[0] + 1)}, which it names as its issuer",
                 "signature",
                 index + 1,
             )
-    raise AssertionError("unreachable: the loop returns or raises at the last certificate")
+        if named:
+            return ChainError(
+                f"chain does not verify: {label} names {issuer} as its issuer; a trusted certificate has "
+                "that name but not the key that signed it (another CA with the same name)",
+                "untrusted",
+                index + 1,
+            )
+        if candidates:
+            return ChainError(
+                f"chain does not verify: {label} was issued by {issuer}, which leads to no trusted "
+                "certificate (chrony: 'The certificate issuer is unknown.')",
+                "unknown-issuer",
+                index + 1,
+            )
+        return ChainError(
+            f"chain does not verify: {label} was issued by {issuer}, which is neither trusted nor in the "
+            "chain (chrony: 'The certificate issuer is unknown.'): the server must send its "
+            "intermediates and the client must trust the root",
+            "unknown-issuer",
+            index + 1,
+        )
+
+    def _note(self, depth: int, error: ChainError) -> None:
+        if self.failure is None or depth > self.failure[0]:
+            self.failure = (depth, error)
+
+
+def _check_algorithms(cert: x509.Certificate, label: _label, position: int, anchor: bool) -> None:
+    """Keys and signatures this verifier accepts; how an anchor itself was signed does not matter."""
+    problem = _key_problem(cert) if anchor else _signature_problem(cert) or _key_problem(cert)
+    if problem:
+        raise ChainError(f"chain does not verify: {label} {problem}", "algorithm", position)
 
 
 def _check_one(path: _Path, index: int, when: dt.datetime) -> None:
