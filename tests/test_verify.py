@@ -426,6 +426,15 @@ def test_dns_matching(pattern, name, matches):
     assert verify.dns_matches(pattern, name) is matches
 
 
+def test_a_unicode_name_matches_its_a_label():
+    rk, ik, lk = key("ec-p256", "root"), key("ec-p256", "int"), key("ec-p256", "leaf")
+    root = make_cert("root", rk, "root", rk, ca=True)
+    inter = make_cert("int", ik, "root", rk, ca=True, path_length=0)
+    leaf = make_cert("b", lk, "int", ik, ca=False, sans=dns("xn--bcher-kva.example"))
+    assert verify.name_error(leaf, "BÜCHER.example.") is None
+    assert verify.verify_chain([root], [leaf, inter], ["bücher.example"])[0] == leaf
+
+
 # ---- refused algorithms -----------------------------------------------------------------------------
 
 

@@ -134,6 +134,11 @@ def name_error(leaf: x509.Certificate, name: str | x509.GeneralName) -> str | No
             f"(an address needs an IP SAN; names: {_listed(sans)})"
         )
     wanted = text.rstrip(".").lower()
+    if not wanted.isascii():  # a name typed in Unicode is matched as the A-label it stands for
+        try:
+            wanted = names_mod.normalize_dns_name(wanted)
+        except NtspkiError:
+            pass
     if any(isinstance(g, x509.DNSName) and dns_matches(g.value, wanted) for g in sans):
         return None
     return f"the name in the certificate does not match: {wanted} is not a DNS SAN (names: {_listed(sans)})"
