@@ -27,7 +27,7 @@ from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
 from ntspki.issuing.issue import Request
-from ntspki.pki import keys, names
+from ntspki.pki import keys, names, verify
 from ntspki.store import Home, check_lineage_name, fsutil
 
 SOURCE = "remote"  # renewal/NAME.json and ledger source: the key lives on another host
@@ -172,7 +172,7 @@ def sign(home: Home, csr_pem: bytes, days: int = pki.LEAF_DAYS, what: str = "the
     # The same gate as `issue`: nothing leaves the CA unless it verifies for every name (this is
     # where names outside the CA's name constraints are refused).
     try:
-        pki.verify_chain([ca.root], [cert, ca.intermediate], general)
+        verify.verify_chain([ca.root], [cert, ca.intermediate], general)
     except NtspkiError as e:
         raise NtspkiError(f"{what}: refused: {e}")
     info = pki.CertInfo.of(cert)
@@ -225,7 +225,7 @@ def install(
     if not home.path.is_dir():
         raise NtspkiError(f"no pending key for {name} (no {home.path}): run `ntspki csr {name}` first")
     home.ensure()
-    chain = [c for c in pki.load_certs(chain_pem, what) if not pki.is_self_signed(c)]  # never the root
+    chain = [c for c in verify.load_chain(chain_pem, what) if not pki.is_self_signed(c)]  # never the root
     if not chain:
         raise NtspkiError(f"{what} holds only a self-signed certificate (give the leaf and its intermediates)")
     root_path = Path(root_file) if root_file else home.ca_dir / "root.pem"
@@ -252,7 +252,7 @@ def install(
             raise NtspkiError(f"{what} is not for the pending key of {name} (signed from another request?)")
         if name not in pki.san_strings(leaf):
             raise NtspkiError(f"{what} is not for {name} (its names: {', '.join(pki.san_strings(leaf))})")
-        pki.verify_chain(roots, chain)
+        verify.verify_chain(roots, chain)
         info = pki.CertInfo.of(leaf)
         key_type = keys.key_type_of(key)
         rest = b"".join(pki.cert_pem(c) for c in chain[1:])

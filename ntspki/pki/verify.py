@@ -431,7 +431,7 @@ def _check_issuer(path: _Path, index: int) -> None:
         text = (
             f"{label} has {why}"
             if name is None
-            else f"the nameConstraints of {label} do not allow {name} in {path.label(below_index)}: it is {why}"
+            else f"the name constraints (nameConstraints) of {label} do not allow {name} in {path.label(below_index)}: it is {why}"
         )
         raise path.fail(index, "name-constraints", text)
 
