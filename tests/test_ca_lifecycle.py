@@ -23,7 +23,7 @@ from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
 from ntspki.issuing import issue, rollover
-from ntspki.pki import keys
+from ntspki.pki import keys, verify
 from ntspki.store import Home, fsutil
 from tests.conftest import run_cli
 from tests.test_issue import mode, one_line_error
@@ -309,11 +309,11 @@ def test_rotate_intermediate_keeps_old_certificates_valid(site):
     assert ca_mod.constraints_of(new_inter) == (["example.net"], ["127.0.0.0/8"])  # carried over
     assert (site / f"ca/retired/{old_inter.serial_number:x}.pem").exists()
     assert mode(site / f"ca/private/retired/{old_inter.serial_number:x}.key") == 0o600
-    pki.verify_chain([root], old_chain)  # the old certificate still verifies to the same root
+    verify.verify_chain([root], old_chain)  # the old certificate still verifies to the same root
     cli(site, "renew", "--force", "--no-deploy")
     new_chain = x509.load_pem_x509_certificates((site / "live/ntp.example.net/fullchain.pem").read_bytes())
     assert new_chain[1] == new_inter
-    pki.verify_chain([root], new_chain)
+    verify.verify_chain([root], new_chain)
     st = _status(site)
     assert [r["serial"] for r in st["retired_intermediates"]] == [f"{old_inter.serial_number:x}"]
     # the old alias still works
@@ -348,7 +348,7 @@ def test_rollover_phases_are_idempotent_and_recorded(site):
     one_line_error(run_cli("ca", "rollover", "finish", home=site), "ntp.example.net", "renew --force")
     cli(site, "renew", "--force", "--no-deploy")
     chain = x509.load_pem_x509_certificates((site / "live/ntp.example.net/fullchain.pem").read_bytes())
-    pki.verify_chain([x509.load_pem_x509_certificate(new_root)], chain)
+    verify.verify_chain([x509.load_pem_x509_certificate(new_root)], chain)
     cli(site, "ca", "rollover", "finish")
     assert "nothing to do" in cli(site, "ca", "rollover", "finish").stdout
     assert (site / "ca/trust.pem").read_bytes() == new_root

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from ntspki import pki
 from ntspki.issuing import ca as ca_mod
-from ntspki.pki import keys
+from ntspki.pki import keys, verify
 from ntspki.servers import lab
 from tests.deploy_env import DeployLab
 
@@ -73,7 +73,7 @@ def test_root_rollover_keeps_updated_clients_on_nts_and_drops_stale_ones(dl):
     assert dl.restarts() > restarts and dl.served() != first
     new_root = x509.load_pem_x509_certificate((dl.home.ca_dir / "root.pem").read_bytes())
     assert new_root != old_root
-    pki.verify_chain([new_root], x509.load_pem_x509_certificates(dl.cert.read_bytes()))
+    verify.verify_chain([new_root], x509.load_pem_x509_certificates(dl.cert.read_bytes()))
     assert ok(sync(dl, trust_file), dl)
     refused = sync(dl, stale)  # the negative control: only the old root, the server on the new chain
     assert not refused.ok and "issuer is unknown" in refused.output, refused.output

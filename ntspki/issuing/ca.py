@@ -25,11 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 
 from ntspki import pki
 from ntspki.errors import NtspkiError
-from ntspki.pki import keys
+from ntspki.pki import keys, verify
 from ntspki.store import Home, fsutil
 
 # Expiry thresholds for the CA's own certificates: the same as `ntspki check` uses for the chain.
@@ -277,13 +276,8 @@ def issuers(home: Home) -> list[Issuer]:
 def issuer_of(home: Home, cert: x509.Certificate) -> Issuer | None:
     """Which of the site's intermediates signed `cert` (by signature, not by name)."""
     for issuer in issuers(home):
-        if cert.issuer != issuer.cert.subject:
-            continue
-        try:
-            cert.verify_directly_issued_by(issuer.cert)
+        if verify.issued_by(cert, issuer.cert):
             return issuer
-        except (ValueError, TypeError, InvalidSignature):
-            continue
     return None
 
 

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
-from ntspki.pki import keys
+from ntspki.pki import keys, verify
 from ntspki.store import Home, check_lineage_name, fsutil
 
 CRL_DAYS = 7  # nextUpdate: `ntspki crl` (from the renew timer) re-signs well before
@@ -155,7 +155,7 @@ def revoke(
     home.require_readable()
     ca_mod.load(home)
     cert, lname, version = _find(home, name, number)
-    if _is_ca(cert):
+    if verify.is_ca(cert):
         return _revoke_intermediate(home, cert, reason, passphrase)
     issuer = ca_mod.issuer_of(home, cert)
     if issuer is None:
@@ -191,13 +191,6 @@ def revoke(
         str(crl_path(home)),
         ADVICE.format(name=lname or "NAME"),
     )
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    except x509.ExtensionNotFound:
-        return False
 
 
 def _revoke_intermediate(home: Home, cert: x509.Certificate, reason: str, passphrase: bytes | None) -> Revoked:
