@@ -610,6 +610,7 @@ def _ed25519_home(path, root, intermediate=None):
     home = Home(path)
     ca_mod.create(home, key_type="ed25519", passphrase=None)
     (home.ca_dir / "root.pem").write_bytes(pem(root))
+    home.trust_path.write_bytes(pem(root))  # the bundle clients trust (trust.pem where there is one)
     if intermediate is not None:
         (home.ca_dir / "intermediate.pem").write_bytes(pem(intermediate))
         (home.private_dir / "intermediate.key").write_bytes(keys.private_pem(key("ed25519", "int")))
