@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux mount systemd procps
+DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux mount systemd procps openssh-server openssh-client iproute2
 
 .PHONY: demo test lint debs venv bench clean
 
