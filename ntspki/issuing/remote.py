@@ -28,7 +28,7 @@ from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
 from ntspki.issuing.issue import Request
 from ntspki.pki import keys, names, verify
-from ntspki.store import Home, check_lineage_name, fsutil
+from ntspki.store import Home, check_lineage_name, fsutil, ledger
 
 SOURCE = "remote"  # renewal/NAME.json and ledger source: the key lives on another host
 
@@ -253,6 +253,7 @@ def install(
         if name not in pki.san_strings(leaf):
             raise NtspkiError(f"{what} is not for {name} (its names: {', '.join(pki.san_strings(leaf))})")
         verify.verify_chain(roots, chain)
+        ledger.refuse_revoked(home.live / name, *chain)  # revoked in this home's ledger (when it is the CA's too)
         info = pki.CertInfo.of(leaf)
         key_type = keys.key_type_of(key)
         rest = b"".join(pki.cert_pem(c) for c in chain[1:])
