@@ -449,3 +449,33 @@ def test_example_config_loads_with_the_documented_defaults(dl):
     assert (ntp1.owner, ntp1.group, ntp1.key_mode, ntp1.cert_mode) == ("root", "_chrony", 0o640, 0o644)
     assert public.cert == Path("/etc/chrony/nts/time.example.net.crt") and public.ca == []
     assert public.probe == "127.0.0.1:4460" and public.names == ["time.example.net"]
+
+
+def test_failed_forced_deploy_of_the_installed_pair_leaves_the_same_bytes(dl):
+    """Version N installed and served, `.previous` holding N-1: a forced deploy of N whose restart
+    fails must leave N on disk, byte for byte (never N-1 from `.previous`), and N served."""
+    dl.write_config({"ntpserver": dl.settings(probe_timeout=1)})
+    dl.new_version()
+    assert dl.cli("deploy", "--all").returncode == 0
+    assert deploy.read_pair(dl.key.with_name(dl.key.name + ".previous"), dl.cert.with_name(dl.cert.name + ".previous"))
+    before = (dl.key.read_bytes(), dl.cert.read_bytes(), dl.key.stat().st_mode, dl.cert.stat().st_mode)
+    served = dl.served()
+    dl.write_config({"ntpserver": dl.settings(probe_timeout=1, restart_command="false")})
+    try:
+        proc = dl.cli("deploy", "--all", "--force", "--json")
+    finally:
+        dl.write_config()
+    assert proc.returncode == deploy.ROLLED_BACK, proc.stdout + proc.stderr
+    assert "byte for byte" in json.loads(proc.stdout)["targets"][0]["message"]
+    assert (dl.key.read_bytes(), dl.cert.read_bytes(), dl.key.stat().st_mode, dl.cert.stat().st_mode) == before
+    assert dl.served() == served == dl.deployed().fingerprint
+
+
+def test_deploying_the_installed_and_served_pair_is_a_no_op(dl):
+    dl.write_config()
+    assert dl.cli("deploy", "--all").returncode == 0
+    before = (dl.key.read_bytes(), dl.cert.read_bytes(), dl.key.stat().st_mtime_ns, dl.restarts())
+    proc = dl.cli("deploy", "--all", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["targets"][0]["status"] == "unchanged"
+    assert (dl.key.read_bytes(), dl.cert.read_bytes(), dl.key.stat().st_mtime_ns, dl.restarts()) == before

@@ -523,13 +523,10 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
                 log.info("%s: unchanged (sha256 %s deployed and served)", t.name, new.fingerprint[:16])
                 continue
             log.info("%s: deployed but not served (%s): the server needs a restart", t.name, detail)
-        if deployed:
-            # What was there before this certificate was installed (by an interrupted run).
-            old = read_pair(_previous(t.key), _previous(t.cert))
-            result.previous_sha256 = old.fingerprint if old else None
-            plan = _Plan(t, new, old, False, command, name, result)
-        else:
-            plan = _Plan(t, new, current, True, command, name, result)
+        # A rollback restores exactly what is in place now, byte for byte: when that already is the
+        # new pair (forced, or installed by an interrupted run), it stays; `.previous` holds an older
+        # pair that the server may not have served for months.
+        plan = _Plan(t, new, current, not deployed, command, name, result)
         if dry_run:
             result.status = "would-deploy"
             result.message = f"would {'write and ' if plan.write else ''}run {' '.join(command)}"
@@ -626,14 +623,17 @@ def _roll_back(command, failed, group, report) -> None:
         if plan.target.probe is None:
             ok, served = again, None
         else:
+            # Served is what counts: a restart that failed again may have left the server running
+            # with exactly the pair now back on disk.
             ok, served, _ = check_served(
                 plan.target, plan.old.fingerprint, plan.name, plan.target.probe_timeout, verify=False
             )
-            ok = ok and again
         r.served_sha256 = served
         if ok:
             r.status, r.exit_code = "rolled-back", ROLLED_BACK
-            r.message = f"{why}; rolled back: the previous certificate is served again"
+            same = (plan.old.key_pem, plan.old.cert_pem) == (plan.new.key_pem, plan.new.cert_pem)
+            what = "the pair in place before this run (this same pair) is left byte for byte" if same else "rolled back"
+            r.message = f"{why}; {what}: the previous certificate is served again"
         else:
             r.status, r.exit_code = "failed", BROKEN
             r.message = (
