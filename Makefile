@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux mount systemd procps openssh-server openssh-client iproute2
 
-.PHONY: demo test lint debs venv bench clean
+.PHONY: demo test lint debs venv bench clean install uninstall
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -33,6 +33,21 @@ lint: venv
 	$(VENV)/bin/ruff check ntspki tests benchmarks
 	$(VENV)/bin/ruff format --check ntspki tests benchmarks
 	$(VENV)/bin/mypy
+
+# ntspki in its own virtualenv (PREFIX/lib/ntspki/venv), `ntspki` in PREFIX/bin, man pages,
+# shell completion and the systemd units (not enabled), recorded in PREFIX/lib/ntspki/install-manifest
+# so that `make uninstall` (same PREFIX and DESTDIR) removes exactly that. See packaging/install.py.
+PREFIX  ?= /usr/local
+DESTDIR ?=
+UNITDIR ?=
+
+install:
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { echo "make install: needs Python's venv (apt-get install python3-venv)" >&2; exit 1; }
+	$(PYTHON) packaging/install.py install --prefix '$(PREFIX)' --destdir '$(DESTDIR)' --unitdir '$(UNITDIR)'
+
+uninstall:
+	@$(PYTHON) -c "import ensurepip, venv" 2>/dev/null || { echo "make install: needs Python's venv (apt-get install python3-venv)" >&2; exit 1; }
+	$(PYTHON) packaging/install.py uninstall --prefix '$(PREFIX)' --destdir '$(DESTDIR)' --unitdir '$(UNITDIR)'
 
 bench: debs venv
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
