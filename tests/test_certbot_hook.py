@@ -93,6 +93,7 @@ def _owner_modes(dl):
 
 def test_certbot_certonly_then_renew_each_time_chronyd_serves_the_new_certificate(bed):
     hook_dir = bed.certbot.config_dir / "renewal-hooks" / "deploy"
+    hook_dir.mkdir(parents=True, exist_ok=True)  # as certbot makes it on its first run
     installed = bed.cli("hook", "install", "certbot", "--dir", hook_dir, check=True)
     assert "installed" in installed.stdout
     hook = hook_dir / "ntspki"
@@ -154,8 +155,13 @@ def test_hook_contract(bed, tmp_path):
     }
     proc = subprocess.run([str(HOOK)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0 and "no target uses" in proc.stdout, proc.stdout + proc.stderr
-    # install: idempotent, refuses to overwrite something else unless forced.
+    assert proc.stderr == "", proc.stderr  # certbot logs a hook's stderr as error output
+    # install: never into a directory that does not exist (a mistyped --dir), idempotent, refuses
+    # to overwrite something else unless forced.
     d = tmp_path / "hooks"
+    proc = bed.cli("hook", "install", "certbot", "--dir", d)
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and not d.exists()
+    d.mkdir()
     assert "installed" in bed.cli("hook", "install", "certbot", "--dir", d, check=True).stdout
     assert "already installed" in bed.cli("hook", "install", "certbot", "--dir", d, check=True).stdout
     (d / "ntspki").write_text("#!/bin/sh\necho mine\n")

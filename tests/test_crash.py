@@ -117,7 +117,7 @@ def test_sigkill_single_issue_keeps_previous_version(tmp_path):
     run_cli("issue", NAME, "--san", "127.0.0.1", home=home.path, check=True)
     root = x509.load_pem_x509_certificates((home.ca_dir / "root.pem").read_bytes())
     outcomes, states = Counter(), Counter()
-    cmd = [*NTSPKI, "--home", str(home.path), "issue", NAME, "--san", "127.0.0.1", "--san", "::1"]
+    cmd = [*NTSPKI, "--home", str(home.path), "issue", NAME, "--san", "127.0.0.1", "--san", "::1", "--allow-change"]
     for i in range(24):
         before = snapshot(home)
         # A single issue writes its version and switches live/ in about 2.5 ms (measured here):

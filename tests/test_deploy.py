@@ -57,8 +57,9 @@ def test_deploy_serves_the_new_certificate_with_owner_group_modes_and_clients_sy
     previous = deploy.read_pair(dl.key.with_name("ntpserver.key.previous"), dl.cert.with_name("ntpserver.crt.previous"))
     assert previous is not None and previous.fingerprint == before
     assert _mode(dl.key.with_name("ntpserver.key.previous"))[2] & 0o007 == 0
-    # Each step is logged on stderr.
-    assert "installed" in proc.stderr and "running" in proc.stderr and "served" in proc.stderr
+    # Steps are logged (on stderr with --json, whose stdout is the report), the result once.
+    assert "installed" in proc.stderr and "running" in proc.stderr, proc.stderr
+    assert (proc.stdout + proc.stderr).count("served on") == 1, proc.stdout + proc.stderr
     client = dl.client_syncs()
     assert client.ok, client.output
 
@@ -67,7 +68,8 @@ def test_second_deploy_is_a_no_op_without_restart(dl):
     pid, restarts = dl.server.pid, dl.restarts()
     proc = dl.cli("deploy", "ntpserver")
     assert proc.returncode == 0, proc.stderr
-    assert "unchanged" in proc.stdout
+    # Text: progress and the result on stdout, the result once; stderr only for problems.
+    assert proc.stdout.count("unchanged") == 1 and proc.stderr == "", proc.stdout + proc.stderr
     assert dl.restarts() == restarts and dl.server.pid == pid
 
 
@@ -108,6 +110,8 @@ def test_one_off_flags_without_a_config(dl):
         dl.key,
         "--restart-command",
         dl.restart_script,
+        "--service-conf",
+        dl.server.conf_path,
         "--probe",
         f"127.0.0.1:{dl.server.nts_port}",
         "--probe-name",
@@ -133,7 +137,10 @@ def test_several_targets_one_restart(dl):
     dl.write_config(
         {
             "ntpserver": dl.settings(),
-            "copy": dl.settings(cert=str(copy_dir / "c.crt"), key=str(copy_dir / "c.key"), probe=False),
+            # A copy for something else (service_conf false): chronyd's config is not held against it.
+            "copy": dl.settings(
+                cert=str(copy_dir / "c.crt"), key=str(copy_dir / "c.key"), probe=False, service_conf=False
+            ),
         }
     )
     want = dl.new_version()
@@ -362,14 +369,23 @@ def test_config_mistakes_are_one_line_errors(dl, tmp_path):
     proc = dl.cli("deploy", "--cert", "/x")
     assert proc.returncode == 2 and "--lineage" in proc.stderr
     empty_home = tmp_path / "empty"
+    # Nothing configured is an error (a timer pointed at a mistyped home must fail), the same
+    # exit status as `watch` with nothing to watch.
     proc = dl.cli("--home", empty_home, "deploy", "--all")
-    assert proc.returncode == 0 and "nothing to deploy: no deploy config" in proc.stdout
+    assert proc.returncode == 2 and "no deploy config" in proc.stderr and proc.stdout == ""
+    cfg.write_text("[defaults]\n")
+    proc = dl.cli("deploy", "--all", "--config", cfg)
+    assert proc.returncode == 2 and "has no targets" in proc.stderr
+    # An unknown lineage: the same status and words as `show` and `renew`.
+    for args in (["deploy", "--lineage", "nosuch"], ["show", "nosuch"], ["renew", "nosuch"]):
+        proc = dl.cli(*args)
+        assert proc.returncode == 2 and "no lineage 'nosuch'" in proc.stderr, (args, proc.stderr)
 
 
 def test_no_ntsdumpdir_warns_loudly_with_the_fix(dl, tmp_path):
-    conf = dl.root / "no-dump.conf"
-    conf.write_text("ntsserverkey /x\nntsservercert /y\n")
     copy = dl.root / "etc" / "warn"
+    conf = dl.root / "no-dump.conf"
+    conf.write_text(f"ntsserverkey {copy}/w.key\nntsservercert {copy}/w.crt\n")
     target = deployconfig.make_target(
         "warn",
         dl.settings(
@@ -415,7 +431,11 @@ def test_deploy_lineages_deploys_targets_of_those_live_dirs(dl, tmp_path):
     cfg = dl.write_config(
         {
             "ntpserver": dl.settings(
-                restart_command="true", probe=False, cert=str(other / "a.crt"), key=str(other / "a.key")
+                restart_command="true",
+                probe=False,
+                cert=str(other / "a.crt"),
+                key=str(other / "a.key"),
+                service_conf=False,
             ),
             "unrelated": dl.settings(
                 source=str(dl.root / "bad" / "p384"),
@@ -424,6 +444,7 @@ def test_deploy_lineages_deploys_targets_of_those_live_dirs(dl, tmp_path):
                 cert=str(other / "b.crt"),
                 key=str(other / "b.key"),
                 ca=str(dl.site.root),
+                service_conf=False,
             ),
         }
     )
@@ -479,3 +500,32 @@ def test_deploying_the_installed_and_served_pair_is_a_no_op(dl):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout)["targets"][0]["status"] == "unchanged"
     assert (dl.key.read_bytes(), dl.cert.read_bytes(), dl.key.stat().st_mtime_ns, dl.restarts()) == before
+
+
+def test_deploy_refuses_a_target_the_server_does_not_read_naming_both_paths(dl, tmp_path):
+    """chronyd's config (with its includes) reads the pair elsewhere: refused before anything is
+    written or restarted, and --dry-run says the same."""
+    conf_d = dl.root / "conf.d"
+    conf_d.mkdir(exist_ok=True)
+    elsewhere = dl.root / "etc" / "chrony" / "other"
+    (conf_d / "nts.conf").write_text(f"ntsserverkey {elsewhere}/k.key\nntsservercert {elsewhere}/c.crt\n")
+    conf = dl.root / "chrony-elsewhere.conf"
+    conf.write_text(f"ntsdumpdir {dl.root}\ninclude {conf_d}/*.conf\n")
+    dl.write_config({"ntpserver": dl.settings(service_conf=str(conf))})
+    before = (dl.key.read_bytes(), dl.cert.read_bytes(), dl.restarts())
+    try:
+        dl.new_version()
+        for extra in ([], ["--dry-run"]):
+            proc = dl.cli("deploy", "--all", *extra, "--json")
+            assert proc.returncode == deploy.REFUSED, proc.stderr
+            message = json.loads(proc.stdout)["targets"][0]["message"]
+            assert f"{elsewhere}/k.key" in message and f"{elsewhere}/c.crt" in message, message
+            assert str(dl.key) in message and str(dl.cert) in message and f"{conf_d}/nts.conf:1" in message
+        assert (dl.key.read_bytes(), dl.cert.read_bytes(), dl.restarts()) == before
+        conf.write_text(f"ntsdumpdir {dl.root}\n")  # no NTS server at all
+        proc = dl.cli("deploy", "--all")
+        assert proc.returncode == deploy.REFUSED and "serves no NTS" in proc.stdout + proc.stderr
+        assert f"ntsserverkey {dl.key}" in proc.stdout + proc.stderr
+    finally:
+        dl.write_config()
+    assert dl.cli("deploy", "--all").returncode == 0  # the lab's own config reads exactly these

@@ -232,6 +232,7 @@ def test_reissue_makes_version_2_and_keeps_history(home):
             "30",
             "--key-type",
             "ed25519",
+            "--allow-change",  # a new name and key type: refused without it (test_lineage_identity)
             "--json",
             home=home,
             check=True,

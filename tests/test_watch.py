@@ -152,7 +152,11 @@ def test_half_switched_lineage_is_waited_for_and_invalid_material_skipped(dl):
             {
                 "ntpserver": dl.settings(),
                 "copy": dl.settings(
-                    cert=str(copy / "c.crt"), key=str(copy / "c.key"), probe=False, restart_command="true"
+                    cert=str(copy / "c.crt"),
+                    key=str(copy / "c.key"),
+                    probe=False,
+                    restart_command="true",
+                    service_conf=False,
                 ),
             }
         )
@@ -171,7 +175,7 @@ def test_poll_mode_under_systemd_notify_and_journald(dl, tmp_path):
     cfg = tmp_path / "deploy.toml"
     cfg.write_text(
         f'[targets.polled]\nsource = "ntpserver"\ncert = "{out}/p.crt"\nkey = "{out}/p.key"\n'
-        f'restart_command = "true"\nprobe = false\nservice_conf = "{dl.server.conf_path}"\n'
+        f'restart_command = "true"\nprobe = false\nservice_conf = false\n'
     )
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify.bind(str(tmp_path / "notify"))

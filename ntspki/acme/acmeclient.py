@@ -40,7 +40,7 @@ from ntspki.acme.connection import (
 )
 from ntspki.acme.solvers import Challenge, Solver
 from ntspki.errors import NtspkiError
-from ntspki.issuing.issue import Issued, Request
+from ntspki.issuing.issue import Issued, Request, keep_identity
 from ntspki.pki import keys, names, verify
 from ntspki.store import Home
 
@@ -51,7 +51,7 @@ class OrderSpec:
     sans: list[str] = field(default_factory=list)
     directory: str = DIRECTORIES[DEFAULT_DIRECTORY]
     ca_bundle: str | None = None
-    key_type: str = "ec-p256"
+    key_type: str | None = "ec-p256"  # None: the lineage's own (see obtain)
     profile: str | None = None
     challenge: Challenge = field(default_factory=Challenge)
 
@@ -137,6 +137,13 @@ def _nothing(_msg: str) -> None:
     pass
 
 
+def _check_challenge_names(challenge: Challenge, gns: list) -> None:
+    if challenge.type == "dns-01" and any(isinstance(g, x509.IPAddress) for g in gns):
+        raise NtspkiError("dns-01 cannot prove control of an IP address: use http-01 for IP names", 2)
+    if challenge.type == "http-01" and any(names.san_text(g).startswith("*.") for g in gns):
+        raise NtspkiError("a wildcard name needs dns-01 (--dns-hook SCRIPT)", 2)
+
+
 def obtain(
     home: Home,
     spec: OrderSpec,
@@ -146,22 +153,32 @@ def obtain(
     eab_hmac_key: str | None = None,
     replaces: x509.Certificate | None = None,
     progress=_nothing,
+    allow_change: bool = False,
 ) -> Issued:
-    """Order a certificate for spec.name + spec.sans and write it as the lineage's next version."""
-    if spec.key_type not in keys.ACME_KEY_TYPES:
+    """Order a certificate for spec.name + spec.sans and write it as the lineage's next version.
+    An existing lineage keeps its names and key type when spec leaves them out (no sans, key_type
+    None); other names, another key type or a lineage from the site CA need allow_change."""
+    if spec.key_type is not None and spec.key_type not in keys.ACME_KEY_TYPES:
         raise NtspkiError(f"ACME CAs issue for {', '.join(keys.ACME_KEY_TYPES)} keys, not {spec.key_type}", 2)
     spec.directory = resolve_directory(spec.directory)
     if spec.ca_bundle:
         spec.ca_bundle = str(Path(spec.ca_bundle).absolute())
     req = Request(spec.name, list(spec.sans))
     lineage = req.lineage
+    spec.challenge.check()
+    _check_challenge_names(spec.challenge, req.general_names)  # what was asked for, before what is kept
+    ident, _stored = keep_identity(home, req, spec.key_type, None, "acme", allow_change, names_given=bool(spec.sans))
+    if ident.key_type not in keys.ACME_KEY_TYPES:
+        raise NtspkiError(
+            f"lineage {lineage} has a {ident.key_type} key; ACME CAs issue for {', '.join(keys.ACME_KEY_TYPES)} "
+            "keys: give --key-type",
+            2,
+        )
+    spec.key_type, spec.sans = ident.key_type, ident.sans[1:]
+    req = Request(spec.name, list(spec.sans))
     gns = req.general_names
     identifiers = [names.san_text(g) for g in gns]
-    spec.challenge.check()
-    if spec.challenge.type == "dns-01" and any(isinstance(g, x509.IPAddress) for g in gns):
-        raise NtspkiError("dns-01 cannot prove control of an IP address: use http-01 for IP names", 2)
-    if spec.challenge.type == "http-01" and any(i.startswith("*.") for i in identifiers):
-        raise NtspkiError("a wildcard name needs dns-01 (--dns-hook SCRIPT)", 2)
+    _check_challenge_names(spec.challenge, gns)
 
     conn = Connection(spec.directory, spec.ca_bundle)
     if spec.profile:
@@ -183,7 +200,7 @@ def obtain(
     conn.net.key = account.key
     conn.net.account = messages.RegistrationResource(body=messages.Registration(), uri=account.uri)
 
-    key = keys.generate(spec.key_type)
+    key = keys.generate(ident.key_type)
     csr_pem = _csr(key, gns).public_bytes(serialization.Encoding.PEM)
     solver = Solver(spec.challenge, progress)
     deadline = dt.datetime.now() + dt.timedelta(seconds=VALIDATION_TIMEOUT)  # naive: as ClientV2 compares
@@ -231,9 +248,9 @@ def obtain(
         )
         home.write_renewal(lineage, spec.renewal_params(identifiers))
         info = pki.CertInfo.of(leaf)
-        home.ledger.record(lineage, version, info, spec.key_type, "acme")
+        home.ledger.record(lineage, version, info, ident.key_type, "acme")
     return Issued(
-        lineage, version, info.sans, info.serial, info.sha256, info.not_after, spec.key_type, str(home.live / lineage)
+        lineage, version, info.sans, info.serial, info.sha256, info.not_after, ident.key_type, str(home.live / lineage)
     )
 
 

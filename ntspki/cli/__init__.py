@@ -8,10 +8,12 @@ print; no logic of their own. Nothing below imports `cli`.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import json
+import re
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -41,7 +43,21 @@ COMMANDS = {
 }
 
 
-class LazyGroup(click.Group):
+class SuggestingGroup(click.Group):
+    """A group that answers a mistyped subcommand with the closest one ("did you mean")."""
+
+    def resolve_command(self, ctx, args):
+        name = args[0] if args else ""
+        if name and not name.startswith("-") and self.get_command(ctx, name) is None:
+            import difflib
+
+            close = difflib.get_close_matches(name, self.list_commands(ctx), n=1, cutoff=0.6)
+            if close:
+                raise click.UsageError(f"No such command '{name}'. Did you mean '{close[0]}'?", ctx)
+        return super().resolve_command(ctx, args)
+
+
+class LazyGroup(SuggestingGroup):
     def list_commands(self, ctx):
         return list(COMMANDS)
 
@@ -97,8 +113,66 @@ def progress(length: int, label: str) -> Any:
     return click.progressbar(length=length, label=label, file=stderr, show_pos=True)
 
 
-def fail(message: str, code: int = 1):
+def fail(message: str, code: int = 1) -> NoReturn:
     raise NtspkiError(message, code)
+
+
+# The last call that failed -> what it was doing, for "cannot OPERATION PATH: REASON (FIX)".
+_OPERATIONS = {
+    "mkdir": "create directory",
+    "makedirs": "create directory",
+    "open": "open",
+    "read_bytes": "read",
+    "read_text": "read",
+    "write_bytes": "write",
+    "write_text": "write",
+    "replace": "replace",
+    "rename": "rename",
+    "chmod": "change the mode of",
+    "fchmod": "change the mode of",
+    "chown": "change the owner of",
+    "fchown": "change the owner of",
+    "unlink": "remove",
+    "rmdir": "remove",
+    "symlink": "create the link",
+    "listdir": "list",
+    "iterdir": "list",
+    "scandir": "list",
+    "stat": "look at",
+    "touch": "create",
+    "fsync": "sync",
+    "connect": "connect to",
+}
+_FIXES = {
+    errno.EACCES: "run it as root or as the owner of that path, or give a --home you can write",
+    errno.EPERM: "run it as root or as the owner of that path, or give a --home you can write",
+    errno.EROFS: "the file system is read-only: remount it read-write, or give a --home elsewhere",
+    errno.ENOSPC: "free some space on that file system",
+    errno.EDQUOT: "free some space (the disk quota is full)",
+    errno.ENOENT: "check the path (a parent directory may be missing)",
+    errno.ENOTDIR: "a part of the path is a file, not a directory: check the path",
+    errno.EEXIST: "something is already there: remove it or choose another path",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an OSError nothing below caught: the operation, the path, why, and what to do."""
+    import traceback
+
+    operation = "use"
+    frames = traceback.extract_tb(e.__traceback__)
+    if frames:
+        last = frames[-1]
+        if last.name in _OPERATIONS and "ntspki" not in last.filename:
+            operation = _OPERATIONS[last.name]
+        else:
+            called = re.findall(r"\.(\w+)\(", last.line or "")
+            operation = next((_OPERATIONS[c] for c in reversed(called) if c in _OPERATIONS), operation)
+    path = f" {e.filename}" if getattr(e, "filename", None) else ""
+    if getattr(e, "filename2", None):
+        path += f" to {e.filename2}"
+    fix = _FIXES.get(e.errno or 0)
+    return f"cannot {operation}{path}: {e.strerror or e}" + (f" ({fix})" if fix else "")
 
 
 def main(argv=None) -> None:
@@ -124,8 +198,7 @@ def main(argv=None) -> None:
     except BrokenPipeError:
         sys.exit(1)
     except OSError as e:
-        where = f" {e.filename}" if getattr(e, "filename", None) else ""
-        click.echo(f"ntspki: error:{where} {e.strerror or e}", err=True)
+        click.echo(f"ntspki: error: {describe_os_error(e)}", err=True)
         sys.exit(1)
     sys.exit(rv if isinstance(rv, int) else 0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ntspki.cli import echo_json, fail, get_home, progress
+from ntspki.cli import SuggestingGroup, echo_json, fail, get_home, progress
 from ntspki.pki.keys import ACME_KEY_TYPES
 
 
@@ -44,7 +44,7 @@ def account_options(f):
     return f
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def acme():
     """Certificates from Let's Encrypt or any ACME CA, into ordinary ntspki lineages."""
 
@@ -85,7 +85,14 @@ def register(ctx, directory, staging, ca_bundle, agree_tos, email, eab_kid, eab_
     help="Another name: a host name or an IP address (http-01 only). Repeatable.",
 )
 @directory_options
-@click.option("--key-type", type=click.Choice(ACME_KEY_TYPES), default="ec-p256", show_default=True)
+@click.option(
+    "--key-type", type=click.Choice(ACME_KEY_TYPES), help="Key type.  [default: the lineage's own, else ec-p256]"
+)
+@click.option(
+    "--allow-change",
+    is_flag=True,
+    help="Let this version change an existing lineage's names, key type or source (refused otherwise).",
+)
 @click.option("--profile", metavar="NAME", help="ACME profile to order (e.g. Let's Encrypt's `shortlived`).")
 @click.option(
     "--http-port",
@@ -132,6 +139,7 @@ def issue_cmd(
     staging,
     ca_bundle,
     key_type,
+    allow_change,
     profile,
     http_port,
     http_address,
@@ -149,6 +157,8 @@ def issue_cmd(
     The result is a lineage like any other (HOME/live/NAME/, versions in HOME/archive/NAME/) and
     its parameters go to HOME/renewal/NAME.json, so `ntspki renew` orders the next one the same
     way. With --agree-tos an account is registered first when there is none for the directory.
+    An existing lineage keeps its names and key type; other names, another key type or a lineage
+    from the site CA are refused unless --allow-change.
     """
     from ntspki.acme import acmeclient, solvers
 
@@ -175,7 +185,14 @@ def issue_cmd(
     )
     home = get_home(ctx)
     result = acmeclient.obtain(
-        home, spec, agree_tos=agree_tos, email=email, eab_kid=eab_kid, eab_hmac_key=eab_hmac_key, progress=_say
+        home,
+        spec,
+        agree_tos=agree_tos,
+        email=email,
+        eab_kid=eab_kid,
+        eab_hmac_key=eab_hmac_key,
+        progress=_say,
+        allow_change=allow_change,
     )
     if as_json:
         echo_json({**result.to_dict(), "directory": spec.directory})

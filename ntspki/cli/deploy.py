@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ntspki.cli import echo_json, fail, get_home
+from ntspki.cli import SuggestingGroup, echo_json, fail, get_home
 
 
 def _targets(ctx, names, all_, sources, config, oneoff: dict):
@@ -22,7 +22,8 @@ def _targets(ctx, names, all_, sources, config, oneoff: dict):
                 "--lineage deploys one target from flags: do not combine it with TARGET, --all, --source or --config", 2
             )
         src = oneoff.pop("source")
-        label = Path(src).name if ("/" in src or src.startswith(".")) else src
+        is_dir = "/" in src or src.startswith(".")
+        label = Path(src).name if is_dir else home.require_lineage(src)
         settings = {k: list(v) if isinstance(v, tuple) else v for k, v in oneoff.items() if v not in (None, ())}
         return [deployconfig.make_target(label, {"source": src, **settings}, home)], None
     given = {k for k, v in oneoff.items() if v not in (None, ())}
@@ -31,14 +32,21 @@ def _targets(ctx, names, all_, sources, config, oneoff: dict):
         fail(f"{flags} describe a one-off target: give --lineage too (or put them in the config)", 2)
     targets = load_targets(home, Path(config) if config else None)
     if targets is None:
-        return None, f"no deploy config ({deployconfig.default_config_path(home)})"
+        # An error, not "nothing to do": a timer or hook pointed at a mistyped home must fail.
+        fail(
+            f"no deploy config {deployconfig.default_config_path(home)}: nothing is configured to deploy "
+            "(list targets there, see examples/deploy.toml, or deploy one lineage with --lineage NAME)",
+            2,
+        )
     if sources:
         chosen = deployconfig.by_source(targets, [Path(s) for s in sources])
         return chosen, None if chosen else f"no target uses {', '.join(sources)}"
     if names:
         return deployconfig.select(targets, list(names)), None
     if all_:
-        return targets, None if targets else "the config has no targets"
+        if not targets:
+            fail(f"{config or deployconfig.default_config_path(home)} has no targets: nothing to deploy", 2)
+        return targets, None
     fail("name the targets to deploy, or give --all (or --lineage for a one-off)", 2)
 
 
@@ -81,7 +89,10 @@ def _targets(ctx, names, all_, sources, config, oneoff: dict):
     help="One-off: how to restart it (default: systemctl restart on the unit that exists).",
 )
 @click.option(
-    "--service-conf", metavar="FILE", help="One-off: the server's config (checked for ntsdumpdir and ntsport)."
+    "--service-conf",
+    metavar="FILE|none",
+    help="One-off: the server's config: the key and certificate it reads must be --key and --cert; "
+    "also read for ntsdumpdir and ntsport (default: the service's usual file; none: don't read one).",
 )
 @click.option(
     "--probe",
@@ -117,7 +128,8 @@ def deploy(ctx, names, all_, sources, config, dry_run, force, recover, as_json, 
 
     from ntspki import deploy as engine
 
-    engine.configure_logging("ntspki deploy", logging.WARNING if quiet else logging.INFO)
+    engine.configure_logging("ntspki deploy", logging.WARNING if quiet else logging.INFO, not as_json)
+    logging.getLogger("ntspki.deploy.result").disabled = True  # each result is printed once, below
     targets, why_none = _targets(ctx, names, all_, sources, config, oneoff)
     if not targets:
         if as_json:
@@ -189,7 +201,7 @@ def watch(ctx, config, poll, poll_interval, debounce):
     watcher.run()
 
 
-@click.group()
+@click.group(cls=SuggestingGroup)
 def hook():
     """Install ntspki as an ACME client's deploy hook."""
 

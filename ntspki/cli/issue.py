@@ -17,8 +17,17 @@ from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
     metavar="NAME_OR_IP",
     help="Another name clients use: a host name (DNS SAN) or an IPv4/IPv6 address (IP SAN). Repeatable.",
 )
-@click.option("--days", type=int, default=90, show_default=True, help="Validity in days.")
-@click.option("--key-type", type=click.Choice(KEY_TYPES), default=DEFAULT_KEY_TYPE, show_default=True)
+@click.option("--days", type=int, help="Validity in days.  [default: the lineage's own, else 90]")
+@click.option(
+    "--key-type",
+    type=click.Choice(KEY_TYPES),
+    help=f"Key type.  [default: the lineage's own, else {DEFAULT_KEY_TYPE}]",
+)
+@click.option(
+    "--allow-change",
+    is_flag=True,
+    help="Let this version change an existing lineage's names, key type or source (refused otherwise).",
+)
 @click.option(
     "--from",
     "from_file",
@@ -28,23 +37,27 @@ from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
-def issue(ctx, name, sans, days, key_type, from_file, as_json):
+def issue(ctx, name, sans, days, key_type, allow_change, from_file, as_json):
     """Issue a server certificate NAME (plus --san names) from the site CA.
 
     Writes HOME/live/NAME/{privkey,cert,chain,fullchain}.pem; issuing the same NAME again makes a
-    new version and keeps the old ones in HOME/archive/NAME/.
+    new version and keeps the old ones in HOME/archive/NAME/. A new version keeps the lineage's
+    names, key type and lifetime; a different --san set or --key-type, or a lineage that came from
+    ACME, is refused unless --allow-change.
     """
     from ntspki.issuing import issue as issue_mod
 
     home = get_home(ctx)
-    if days < 1:
+    if days is not None and days < 1:
         fail("--days must be at least 1", 2)
     if from_file:
         if name or sans:
             fail("give either NAME [--san ...] or --from FILE, not both", 2)
         requests = issue_mod.read_batch_file(from_file)
         with progress(len(requests), "issuing") as bar:
-            results = issue_mod.issue_many(home, requests, key_type, days, progress=bar.update)
+            results = issue_mod.issue_many(
+                home, requests, key_type, days, progress=bar.update, allow_change=allow_change
+            )
         if as_json:
             echo_json([r.to_dict() for r in results])
         else:
@@ -52,18 +65,23 @@ def issue(ctx, name, sans, days, key_type, from_file, as_json):
         return
     if not name:
         fail("missing NAME (or --from FILE)", 2)
-    result = issue_mod.issue(home, name, list(sans), key_type, days)
+    result = issue_mod.issue(home, name, list(sans), key_type, days, allow_change=allow_change)
+    from ntspki.deploy import deployconfig
+
+    advice = deployconfig.advice(home, result.name)
     if as_json:
-        echo_json(result.to_dict())
+        echo_json({**result.to_dict(), "deploy": advice})
         return
     click.echo(f"Issued {result.name} version {result.version}: {', '.join(result.sans)}")
     click.echo(f"  valid until {result.not_after[:10]}, {result.key_type}, SHA-256 {result.sha256}")
     click.echo(f"  key:       {result.live}/privkey.pem")
     click.echo(f"  fullchain: {result.live}/fullchain.pem")
-    click.echo("chrony.conf:")
-    click.echo(f"  ntsserverkey {result.live}/privkey.pem")
-    click.echo(f"  ntsservercert {result.live}/fullchain.pem")
-    click.echo("  (deploy copies with chronyd's owner and modes: ntspki deploy)")
+    # Never the live/ paths: the server reads as its own user, who cannot enter HOME (0700).
+    for a in advice:
+        click.echo(f"Deploy with `{a['command']}`: it copies the pair to {a['key']} and {a['cert']}")
+        click.echo(f"  with {a['service']}'s owner and modes. {a['conf_file']} then needs:")
+        for line in a["conf_lines"]:
+            click.echo(f"  {line}")
 
 
 def _days_left(not_after: str) -> int:
@@ -83,7 +101,7 @@ def list_(ctx, expiring, as_json):
     home = get_home(ctx).require_readable()
     for w in ca_mod.quick_warnings(home):  # on stderr: the table and the JSON keep their shape
         click.echo(f"ntspki: warning: {w['message']} (fix: {w['fix']})", err=True)
-    rows = home.ledger.rows() if home.ledger_path.exists() else []
+    rows = home.ledger_rows()
     for r in rows:
         r["days_left"] = _days_left(r["not_after"])
     if expiring is not None:

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ntspki.cli import fail, progress
+from ntspki.cli import fail, get_home, progress
 from ntspki.nts import NTSKE_PORT
 
 AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
@@ -27,7 +27,16 @@ AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
     multiple=True,
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="Trust the certificates in FILE (repeatable). Default: the system trust store.",
+    help="Trust the certificates in FILE (repeatable) instead of the site CA's root; the system store "
+    "is trusted too unless --trust ca.",
+)
+@click.option(
+    "--trust",
+    type=click.Choice(["both", "ca", "system"]),
+    default="both",
+    show_default=True,
+    help="both: the --ca files (default: the site CA's root, HOME/ca/root.pem) and the system trust store; "
+    "ca: only those files; system: only the system store.",
 )
 @click.option(
     "--name",
@@ -64,10 +73,13 @@ AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
     "--concurrency", type=click.IntRange(1, 1024), default=16, show_default=True, help="Servers probed at once."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per server (JSON Lines).")
+@click.pass_context
 def probe(
+    ctx,
     targets,
     from_file,
     ca_files,
+    trust,
     name,
     port,
     timeout,
@@ -81,6 +93,8 @@ def probe(
     """Prove that NTS servers work: NTS-KE over TLS 1.3 with the certificate checked as chrony
     checks it, then one authenticated NTP exchange with a received cookie.
 
+    Trusts the site CA's root (or the --ca files) together with the system store, like a chrony
+    client with `ntstrustedcerts ROOT` in certificate set 0; --trust narrows that to one.
     Exits 0 when every server passed, 1 when any failed, 2 on bad usage.
     """
     from ntspki.nts import probe as probe_mod
@@ -93,7 +107,7 @@ def probe(
     for t in targets:
         probe_mod.parse_target(t, port)
     kw = dict(
-        ca_files=ca_files,
+        trust=probe_mod.default_trust(ca_files, get_home(ctx), trust).store(),
         name=name,
         timeout=timeout,
         expect_fingerprint=expect_fingerprint,

@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from ntspki.servers import services
 from ntspki.store import Home, access, fsutil, ledger, read_live_dir
 
 log = logging.getLogger("ntspki.deploy")
+# Each target's outcome: the watcher logs it; `ntspki deploy` prints it itself and turns this off.
+results = logging.getLogger("ntspki.deploy.result")
 
 STEPS = (
     "locked",
@@ -225,6 +228,32 @@ def check_destination(target: Target) -> None:
                 f"{target.owner}:{target.group} {mode:04o} (chronyd fails with 'Could not set credentials : "
                 f"Error while reading file'); use group {target.service.group()} and mode 0640"
             )
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    return a == b or os.path.realpath(a) == os.path.realpath(b)
+
+
+def check_server_reads(target: Target) -> None:
+    """Refuse a target whose key and certificate are not the files the server's config makes it
+    read: the restart would load something else, the probe would fail and the run roll back."""
+    found = services.files_read(target.service, target.service_conf)
+    if found is None:
+        return  # no config to hold the target to (a copy, or none found): the probe decides
+    if any(_same_file(k, target.key) and _same_file(c, target.cert) for k, c, _ in found):
+        return
+    lines = "; ".join(services.conf_lines(target.service, target.key, target.cert)[:3])
+    if not found:
+        raise NtspkiError(
+            f"{target.service_conf} makes {target.service.name} read no NTS key and certificate (it serves no "
+            f"NTS): add `{lines}` to it, or set service_conf if the server reads another file"
+        )
+    key, cert, where = found[0]
+    raise NtspkiError(
+        f"{target.service.name} reads its key {key} and certificate {cert} ({where}), but target "
+        f"{target.name!r} writes {target.key} and {target.cert}: point the target's key and cert at the files "
+        f"the server reads, or change {where} to `{lines}`"
+    )
 
 
 def _meta(path: Path) -> tuple[int, int, int]:
@@ -501,9 +530,10 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
             new = load_source(t)
             check_destination(t)
             command = services.action_command(t.service, t.restart_command)
+            check_server_reads(t)
         except NtspkiError as e:
             result.message, result.exit_code = str(e), REFUSED
-            log.error("%s: refused: %s", t.name, e)
+            results.error("%s: refused: %s", t.name, e)
             continue
         result.new_sha256 = new.fingerprint
         current = read_pair(t.key, t.cert)
@@ -520,7 +550,7 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
             result.served_sha256 = served
             if served_ok:
                 result.status, result.message = "unchanged", "already deployed and served"
-                log.info("%s: unchanged (sha256 %s deployed and served)", t.name, new.fingerprint[:16])
+                results.info("%s: unchanged (sha256 %s deployed and served)", t.name, new.fingerprint[:16])
                 continue
             log.info("%s: deployed but not served (%s): the server needs a restart", t.name, detail)
         # A rollback restores exactly what is in place now, byte for byte: when that already is the
@@ -587,7 +617,7 @@ def _apply(command: list[str], group: list[_Plan], report: DeployReport) -> None
         r.served_sha256 = served
         if ok:
             r.status, r.exit_code, r.message = "deployed", OK, f"deployed and served on {plan.target.probe}"
-            log.info("%s: new certificate served on %s", plan.target.name, plan.target.probe)
+            results.info("%s: new certificate served on %s", plan.target.name, plan.target.probe)
         else:
             failed.append((plan, f"the new certificate is not served on {plan.target.probe}: {detail}"))
     _step("probed")
@@ -599,7 +629,7 @@ def _roll_back(command, failed, group, report) -> None:
     restored = []
     for plan, why in failed:
         r = plan.result
-        log.error("%s: %s", plan.target.name, why)
+        results.error("%s: %s", plan.target.name, why)
         if plan.old is None:
             r.status, r.exit_code = "failed", BROKEN
             r.message = (
@@ -640,7 +670,7 @@ def _roll_back(command, failed, group, report) -> None:
                 f"{why}; restored the previous pair but it is not served either "
                 f"(served sha256: {served or 'none'}): check the server"
             )
-        log.error("%s: %s", plan.target.name, r.message)
+        results.error("%s: %s", plan.target.name, r.message)
     # Targets in the same group that were fine were restarted again too: check they still are.
     for plan in group:
         r = plan.result
@@ -676,9 +706,10 @@ def deploy_lineages(live_dirs: list[Path], home=None, config_path: Path | None =
     return deploy(chosen, lock_path=default_lock_path(home))
 
 
-def configure_logging(prog: str, level: int = logging.INFO) -> None:
-    """Step logs on stderr; with journald's `<N>` priority prefix when run by systemd."""
-    handler = logging.StreamHandler()
+def configure_logging(prog: str, level: int = logging.INFO, progress_on_stdout: bool = True) -> None:
+    """Progress on stdout, problems (warnings and errors) on stderr: a certbot hook's stderr is
+    logged as error output. With progress_on_stdout False (stdout carries JSON) both go to stderr.
+    Under systemd both carry journald's `<N>` priority prefix."""
     if os.environ.get("JOURNAL_STREAM"):
         prio = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
@@ -686,11 +717,17 @@ def configure_logging(prog: str, level: int = logging.INFO) -> None:
             def format(self, record):
                 return f"<{prio.get(record.levelno, 6)}>{record.getMessage()}"
 
-        handler.setFormatter(Journal())
+        formatter: logging.Formatter = Journal()
     else:
-        handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+        formatter = logging.Formatter(f"{prog}: %(message)s")
+    progress = logging.StreamHandler(sys.stdout if progress_on_stdout else sys.stderr)
+    problems = logging.StreamHandler(sys.stderr)
+    progress.addFilter(lambda record: record.levelno < logging.WARNING)
+    problems.setLevel(logging.WARNING)
+    for handler in (progress, problems):
+        handler.setFormatter(formatter)
     root = logging.getLogger("ntspki")
-    root.handlers[:] = [handler]
+    root.handlers[:] = [progress, problems]
     root.setLevel(level)
     root.propagate = False
 
@@ -720,7 +757,7 @@ if [ -z "${{RENEWED_LINEAGE:-}}" ]; then
     echo "ntspki hook: RENEWED_LINEAGE is not set: certbot runs this hook, see ntspki-hook(1)" >&2
     exit 2
 fi
-echo "ntspki hook: certbot renewed ${{RENEWED_DOMAINS:-(no domains given)}} in $RENEWED_LINEAGE" >&2
+echo "ntspki hook: certbot renewed ${{RENEWED_DOMAINS:-(no domains given)}} in $RENEWED_LINEAGE"
 eval "set -- $NTSPKI"
 exec "$@" deploy --source "$RENEWED_LINEAGE"
 """
@@ -731,6 +768,13 @@ def install_certbot_hook(
 ) -> tuple[Path, bool]:
     """Write the hook into certbot's renewal-hooks/deploy/. (path, changed)."""
     script = certbot_hook_script(ntspki_argv).encode()
+    if not Path(directory).is_dir():
+        # Never create it: a mistyped --dir would "succeed" with a hook certbot never runs.
+        raise NtspkiError(
+            f"{directory} does not exist: give certbot's CONFIG_DIR/renewal-hooks/deploy with --dir "
+            "(certbot creates it when it is installed)",
+            2,
+        )
     path = Path(directory) / CERTBOT_HOOK_NAME
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise NtspkiError(f"{path} exists and is not a regular file")
@@ -740,6 +784,5 @@ def install_certbot_hook(
             return path, False
         if not force:
             raise NtspkiError(f"{path} exists with other content: use --force to replace it")
-    _mkdirs(path.parent)
     fsutil.atomic_write(path, script, 0o755)
     return path, True

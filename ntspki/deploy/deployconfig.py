@@ -15,7 +15,9 @@
     server_user = "_chrony"       # who the server reads the files as (default: detected); checked
                                   # before writing (a container's user may differ from the host's)
     restart_command = "docker restart ntp"     # default: systemctl on the unit that exists
-    service_conf = "/etc/chrony/chrony.conf"   # read for ntsdumpdir and ntsport
+    service_conf = "/etc/chrony/chrony.conf"   # read for ntsdumpdir, ntsport and the files it reads:
+                                  # deploy refuses a target whose key/cert the server does not read
+                                  # there; false: a copy for something else, don't read it
     probe = "127.0.0.1:4460"      # where to check the served certificate; false: don't
     probe_name = "ntpserver"      # name to verify (default: the certificate's first name)
     probe_timeout = 10            # seconds to wait for the server to serve the new certificate
@@ -169,7 +171,10 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         ca_paths = [home.trust_path]
 
     conf = settings.get("service_conf")
-    service_conf = path(conf, "service_conf") if conf else service.conf_file()
+    if conf is False or conf in ("none", "off"):
+        service_conf = None  # a copy for another consumer: no server config to hold it to
+    else:
+        service_conf = path(conf, "service_conf") if conf else service.conf_file()
 
     probe = settings.get("probe", True)
     if probe is True:
@@ -267,3 +272,32 @@ def by_source(targets: list[Target], live_dirs: list[Path]) -> list[Target]:
     """The targets whose source is one of `live_dirs` (compared after resolving symlinks)."""
     wanted = {Path(d).resolve() for d in live_dirs}
     return [t for t in targets if t.source_dir.resolve() in wanted]
+
+
+def advice(home, lineage: str) -> list[dict]:
+    """Where `deploy` puts lineage's pair and the server config lines that read it there: one entry
+    per configured target whose source is the lineage, else the one-off `deploy --lineage` target.
+    `issue` prints this (never the live/ paths, which the server's user cannot read)."""
+    targets: list[Target] = []
+    config_path = default_config_path(home)
+    if config_path.exists():
+        try:
+            targets = by_source(load(config_path, home), [home.live / lineage])
+        except NtspkiError:
+            targets = []  # `deploy` reports a broken config; the advice falls back to the one-off
+    commands = {t.name: f"ntspki deploy {t.name}" for t in targets}
+    if not targets:
+        targets = [make_target(lineage, {"source": lineage, "probe": False}, home)]
+        commands = {lineage: f"ntspki deploy --lineage {lineage}"}
+    return [
+        {
+            "target": t.name,
+            "command": commands[t.name],
+            "service": t.service.name,
+            "key": str(t.key),
+            "cert": str(t.cert),
+            "conf_file": str(t.service_conf or t.service.conf_files[0]),
+            "conf_lines": services.conf_lines(t.service, t.key, t.cert),
+        }
+        for t in targets
+    ]

@@ -30,7 +30,7 @@ from cryptography import x509
 from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing.remote import SOURCE as REMOTE
-from ntspki.store import Home, check_lineage_name, fsutil, ledger
+from ntspki.store import Home, fsutil, ledger
 
 DUE_FRACTION = 1 / 3
 RENEWABLE = ("internal", "acme", REMOTE)  # the renewal/NAME.json sources `plan` knows
@@ -112,11 +112,8 @@ def select(home: Home, names: Sequence[str] = ()) -> list[str]:
     """The lineages to look at: the ones named (each must exist), else every lineage."""
     if not names:
         return home.lineage_names()
-    known = set(home.lineage_names())
     for name in names:
-        check_lineage_name(name)
-        if name not in known:
-            raise NtspkiError(f"no lineage {name!r} in {home.live}", 2)
+        home.require_lineage(name)
     return list(dict.fromkeys(names))
 
 

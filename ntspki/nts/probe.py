@@ -141,6 +141,47 @@ def trust_store(ca_files=(), system: bool | None = None) -> verify.Anchors:
         return anchors
 
 
+TRUST_CHOICES = ("both", "ca", "system")
+
+
+@dataclass(frozen=True)
+class Trust:
+    """What a probe trusts: CA files (--ca, else the site CA's root) and/or the system store."""
+
+    ca_files: tuple[str, ...]
+    system: bool
+
+    def store(self):
+        return trust_store(self.ca_files, self.system)
+
+    def describe(self) -> str:
+        parts = [", ".join(self.ca_files)] if self.ca_files else []
+        return " and ".join(parts + (["the system trust store"] if self.system else []))
+
+
+def default_trust(ca_files=(), home=None, only: str = "both") -> Trust:
+    """The trust `probe` and `check --probe` use: the --ca files, or without them the site CA's
+    root (HOME/ca/root.pem, when there is one), together with the system store, as chrony's
+    certificate set 0 does. only="ca" drops the system store; only="system" uses nothing else."""
+    if only not in TRUST_CHOICES:
+        raise NtspkiError(f"--trust must be one of {', '.join(TRUST_CHOICES)}, not {only!r}", 2)
+    files = tuple(str(f) for f in ca_files)
+    if only == "system":
+        if files:
+            raise NtspkiError("--trust system uses the system store only: drop --ca, or use --trust both", 2)
+        return Trust((), True)
+    if not files and home is not None:
+        root = Path(home.ca_dir) / "root.pem"
+        if os.access(root, os.R_OK):
+            files = (str(root),)
+    if only == "ca" and not files:
+        raise NtspkiError("--trust ca: no CA to trust: give --ca FILE (or --home with a site CA)", 2)
+    paths = ssl.get_default_verify_paths()
+    # Without a system store (no ca-certificates), "both" is the CA files alone, if there are any.
+    system = only == "both" and (bool(paths.cafile or paths.capath) or not files)
+    return Trust(files, system)
+
+
 def _identity(path: str) -> tuple:
     try:
         st = os.stat(path)

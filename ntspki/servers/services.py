@@ -167,3 +167,67 @@ def chrony_conf_facts(conf: Path | None) -> dict:
     except NtspkiError:
         return {"readable": False, "ntsdumpdir": None, "ntsport": NTSKE_PORT}
     return {"readable": True, "ntsdumpdir": parsed.value("ntsdumpdir"), "ntsport": parsed.ntsport()}
+
+
+def conf_lines(service: Service, key: Path, cert: Path) -> list[str]:
+    """The lines of the server's own config that make it read this key and certificate."""
+    if service.name == "ntpsec":
+        return ["nts enable", f"nts key {key}", f"nts cert {cert}"]
+    if service.name == "ntpd-rs":
+        return ["[[nts-ke-server]]", f'private-key-path = "{key}"', f'certificate-chain-path = "{cert}"']
+    return [f"ntsserverkey {key}", f"ntsservercert {cert}", "ntsdumpdir /var/lib/chrony"]
+
+
+def files_read(service: Service, conf: Path | None) -> list[tuple[Path, Path, str]] | None:
+    """The (key, certificate, where) pairs the server's own config makes it read, in its order;
+    None when there is no config to read (the probe after the restart is then the only check)."""
+    if conf is None or not Path(conf).is_file():
+        return None
+    try:
+        if service.name == "chrony":
+            from ntspki.servers import chronyconf
+
+            parsed = chronyconf.parse(conf)
+            keys, certs = parsed.all("ntsserverkey"), parsed.all("ntsservercert")
+            # chronyd pairs them by order (unequal counts are fatal to it).
+            return [(_abs(k.args[0]), _abs(c.args[0]), k.where) for k, c in zip(keys, certs) if k.args and c.args]
+        if service.name == "ntpsec":
+            return _ntpsec_files(Path(conf), depth=0)
+        if service.name == "ntpd-rs":
+            import tomllib
+
+            servers = tomllib.loads(Path(conf).read_text()).get("nts-ke-server") or []
+            return [
+                (_abs(s["private-key-path"]), _abs(s["certificate-chain-path"]), f"{conf} [[nts-ke-server]] {i + 1}")
+                for i, s in enumerate(servers)
+                if isinstance(s, dict) and "private-key-path" in s and "certificate-chain-path" in s
+            ]
+    except (NtspkiError, OSError, ValueError):
+        return None
+    return None
+
+
+def _abs(path: str) -> Path:
+    return Path("/") / path  # the servers run from /
+
+
+def _ntpsec_files(conf: Path, depth: int) -> list[tuple[Path, Path, str]]:
+    """`nts key FILE` / `nts cert FILE` (on one `nts` line or several) and `includefile`."""
+    key = cert = None
+    where = str(conf)
+    out: list[tuple[Path, Path, str]] = []
+    for lineno, raw in enumerate(conf.read_text(errors="replace").splitlines(), 1):
+        words = raw.split("#", 1)[0].split()
+        if not words:
+            continue
+        if words[0] == "includefile" and len(words) > 1 and depth < 10:
+            out += _ntpsec_files(Path(words[1]), depth + 1)
+        elif words[0] == "nts":
+            for option, value in zip(words[1:], words[2:]):
+                if option == "key":
+                    key, where = value, f"{conf}:{lineno}"
+                elif option == "cert":
+                    cert = value
+    if key and cert:
+        out.append((_abs(key), _abs(cert), where))
+    return out

@@ -116,6 +116,23 @@ class Home:
                 raise NtspkiError(f"cannot open the ledger {self.ledger_path}: {e}")
         return self._ledger
 
+    def ledger_rows(self, name: str | None = None, latest_only: bool = True) -> list[dict]:
+        """Ledger rows without writing anything (`list`, `show`: they work on a read-only home)."""
+        if self._ledger is not None:
+            return self._ledger.rows(name, latest_only)
+        if not self.ledger_path.exists():
+            return []
+        from ntspki.store.ledger import Ledger
+
+        try:
+            ledger = Ledger(self.ledger_path, readonly=True)
+        except Exception as e:
+            raise NtspkiError(f"cannot read the ledger {self.ledger_path}: {e}")
+        try:
+            return ledger.rows(name, latest_only)
+        finally:
+            ledger.close()
+
     # -- lineages -------------------------------------------------------------------------------
     def lineage_names(self) -> list[str]:
         if not self.live.is_dir():
@@ -145,8 +162,15 @@ class Home:
                 out[kind] = None
         return out
 
+    def require_lineage(self, name: str) -> str:
+        """`name` if it is a lineage here; else the one error every command gives (exit 2)."""
+        check_lineage_name(name)
+        if not (self.live / name).is_dir():
+            raise NtspkiError(f"no lineage {name!r} in {self.live} (`ntspki list` shows them)", 2)
+        return name
+
     def read_lineage(self, name: str) -> Lineage:
-        return read_live_dir(self.live / check_lineage_name(name), name)
+        return read_live_dir(self.live / self.require_lineage(name), name)
 
     def write_version(
         self,

@@ -35,7 +35,10 @@ CREATE TABLE IF NOT EXISTS revocations (
 
 
 class Ledger:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, readonly: bool = False):
+        if readonly:
+            self.db = _open_readonly(path)
+            return
         self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
         self.db.row_factory = sqlite3.Row
         # WAL: readers (`ntspki list`) never block a writer; NORMAL sync is durable at checkpoints
@@ -147,3 +150,21 @@ def refuse_revoked(live_dir: Path, *certs) -> None:
                 f"{live_dir}: {what} {row['serial']} was revoked on {row['revoked_at'][:10]} ({row['reason']}): "
                 f"re-issue it first (`ntspki renew {live_dir.name}`)"
             )
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """For `list` on a home it cannot write (read-only mount, another user's home): read-only, and
+    immutable when even WAL's shared-memory file cannot be made (nobody can be writing then)."""
+    from urllib.parse import quote
+
+    uri = f"file:{quote(str(Path(path).absolute()))}"
+    for mode in ("mode=ro", "mode=ro&immutable=1"):
+        db = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        try:
+            db.execute("SELECT count(*) FROM certificates").fetchone()
+            return db
+        except sqlite3.OperationalError as e:
+            db.close()
+            error = e
+    raise error
