@@ -529,3 +529,28 @@ def test_deploy_refuses_a_target_the_server_does_not_read_naming_both_paths(dl, 
     finally:
         dl.write_config()
     assert dl.cli("deploy", "--all").returncode == 0  # the lab's own config reads exactly these
+
+
+def test_renew_dry_run_rehearses_issue_verify_and_the_deploy_plan(dl):
+    """As certbot's --dry-run: the renewal is really made (in a scratch area) and verified, the
+    deploy is planned with every check a real one makes, and nothing changes anywhere."""
+    dl.write_config()
+    assert dl.cli("deploy", "--all").returncode == 0
+    versions, dest, restarts = dl.home.versions("ntpserver"), (dl.key.read_bytes(), dl.cert.read_bytes()), dl.restarts()
+    renewal = (dl.home.renewal / "ntpserver.json").read_bytes()
+    proc = dl.cli("renew", "ntpserver", "--force", "--dry-run")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "ntpserver: would renew (forced): issued and verified in a scratch area" in proc.stdout, proc.stdout
+    assert f"would write {dl.key} and {dl.cert}" in proc.stdout and str(dl.restart_script) in proc.stdout
+    assert f"check 127.0.0.1:{dl.server.nts_port} serves" in proc.stdout
+    assert dl.home.versions("ntpserver") == versions and (dl.key.read_bytes(), dl.cert.read_bytes()) == dest
+    assert dl.restarts() == restarts and (dl.home.renewal / "ntpserver.json").read_bytes() == renewal
+    # What a real run would trip over shows up in the rehearsal: chronyd reading other files.
+    conf = dl.root / "elsewhere.conf"
+    conf.write_text(f"ntsserverkey {dl.root}/x.key\nntsservercert {dl.root}/x.crt\n")
+    dl.write_config({"ntpserver": dl.settings(service_conf=str(conf))})
+    try:
+        proc = dl.cli("renew", "ntpserver", "--force", "--dry-run")
+    finally:
+        dl.write_config()
+    assert proc.returncode == 1 and f"{dl.root}/x.key" in proc.stdout, proc.stdout + proc.stderr

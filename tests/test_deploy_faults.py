@@ -143,7 +143,9 @@ def test_concurrent_deploys_restart_once(dl):
     ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], outs
-    statuses = sorted(o[0].split(":")[1].split()[0] for o in outs)
+    # The result line of each run (progress lines start with "ntspki deploy:").
+    results = [next(line for line in o[0].splitlines() if line.startswith("ntpserver: ")) for o in outs]
+    statuses = sorted(line.split(":")[1].split()[0] for line in results)
     assert statuses == ["deployed", "unchanged", "unchanged"], outs
     assert dl.restarts() == restarts + 1
     assert dl.served() == new

@@ -208,7 +208,12 @@ def issue_cmd(
 @click.argument("names", nargs=-1, metavar="[NAME]...")
 @click.option("--all", "all_", is_flag=True, help="Every lineage (the default when no NAME is given).")
 @click.option("--force", is_flag=True, help="Renew even what is not due.")
-@click.option("--dry-run", is_flag=True, help="Only say what would be renewed; change nothing.")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Rehearse: issue what is due into a scratch area, verify it, plan the deploy and say what would "
+    "change where; change nothing.",
+)
 @click.option(
     "--jitter",
     type=click.FloatRange(min=0),
@@ -295,7 +300,7 @@ def _print_report(report) -> None:
         elif o.source not in RENEWABLE:
             click.echo(f"{o.name}: skipped ({o.reason})")
         elif o.due:
-            click.echo(f"{o.name}: would renew ({o.reason})")
+            click.echo(f"{o.name}: would renew ({o.reason})" + (f": {o.rehearsal}" if o.rehearsal else ""))
         else:
             click.echo(f"{o.name}: not due ({o.reason})")
     if report.dry_run:

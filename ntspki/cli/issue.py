@@ -119,6 +119,10 @@ def list_(ctx, expiring, as_json):
             f"{r['name']:<{width}}  {r['version']:>3}  {r['not_after'][:10]}  {r['days_left']:>4}  "
             f"{r['key_type']:<9}  {r['source']:<8}  {' '.join(r['sans'])}"
         )
+        # As `certbot certificates`: where the files are, and whether it is still valid.
+        live = home.live / r["name"]
+        state = f"VALID: {r['days_left']} days" if r["days_left"] >= 0 else "INVALID: EXPIRED"
+        click.echo(f"{'':<{width}}    {state}; {live / 'fullchain.pem'}, {live / 'privkey.pem'}")
 
 
 @click.command()
@@ -166,9 +170,12 @@ def show(ctx, name, as_json):
         if not (info["key_matches"] and info["chain_ok"]):
             ctx.exit(1)  # the same status as without --json: scripts read both
         return
+    state = f"VALID: {info['days_left']} days" if info["days_left"] >= 0 else "INVALID: EXPIRED"
     click.echo(f"{name} (version {lineage.version}, versions {info['versions']})")
     click.echo(f"  names:     {', '.join(info['sans'])}")
-    click.echo(f"  valid:     {info['not_before'][:19]} .. {info['not_after'][:19]} ({info['days_left']} days left)")
+    click.echo(f"  valid:     {info['not_before'][:19]} .. {info['not_after'][:19]} ({state})")
+    click.echo(f"  fullchain: {lineage.live_dir / 'fullchain.pem'}")
+    click.echo(f"  key file:  {lineage.live_dir / 'privkey.pem'}")
     click.echo(f"  serial:    {info['serial']}")
     click.echo(f"  SHA-256:   {info['sha256']}")
     click.echo(

@@ -559,7 +559,13 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
         plan = _Plan(t, new, current, not deployed, command, name, result)
         if dry_run:
             result.status = "would-deploy"
-            result.message = f"would {'write and ' if plan.write else ''}run {' '.join(command)}"
+            writes = (
+                f"write {t.key} and {t.cert} ({t.owner}:{t.group} {t.key_mode:04o}/{t.cert_mode:04o}), "
+                if plan.write
+                else ""
+            )
+            probe = f", then check {t.probe} serves sha256 {new.fingerprint[:16]}..." if t.probe else ""
+            result.message = f"would {writes}run {' '.join(command)}{probe}"
             continue
         result.status = "pending"
         plans.append(plan)

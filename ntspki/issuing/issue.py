@@ -201,6 +201,28 @@ def issue(
         return _write(home, ca, built, durable=True)
 
 
+@dataclass
+class Rehearsal:
+    """What `issue` would write, made and validated but written nowhere (`renew --dry-run`)."""
+
+    info: pki.CertInfo
+    key_type: str
+    key_pem: bytes
+    cert_pem: bytes
+    chain_pem: bytes
+
+
+def rehearse(
+    home: Home, name: str, sans: Sequence[str] | None = None, key_type: str | None = None, days: int | None = None
+) -> Rehearsal:
+    _check_options(key_type, days)
+    req = Request(name, list(sans or ()))
+    ident, _stored = keep_identity(home, req, key_type, days, "internal", names_given=bool(sans))
+    ca = ca_mod.load(home)
+    built = _build(ca, req, ident)
+    return Rehearsal(built.info, built.key_type, built.key_pem, built.cert_pem, ca.chain_pem)
+
+
 def issue_many(
     home: Home,
     requests: list[Request],

@@ -65,6 +65,8 @@ class Outcome:
     not_after: str | None = None
     error: str | None = None
     needs_ca: bool = False  # due, but its CA is on another host (source "remote")
+    rehearsal: str | None = None  # --dry-run: what the rehearsal made and checked
+    scratch: str | None = None  # --dry-run: the scratch live directory it made it in
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -256,13 +258,20 @@ def renew(
     home.require_readable()
     todo = select(home, list(names))
     if dry_run:
-        return _run(home, todo, force, True, False, None, progress, on_plan, on_done, set(names))
+        import tempfile
+
+        # A rehearsal: each due lineage is issued into a scratch area, verified, and the deploy
+        # planned from there; HOME, the CA and the destinations are not touched.
+        with tempfile.TemporaryDirectory(prefix="ntspki-rehearsal-") as scratch:
+            return _run(
+                home, todo, force, True, deploy, deploy_config, progress, on_plan, on_done, set(names), Path(scratch)
+            )
     home.ensure()
     with fsutil.locked(home.path / ".renew.lock"):
         return _run(home, todo, force, False, deploy, deploy_config, progress, on_plan, on_done, set(names))
 
 
-def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, on_done, named) -> Report:
+def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, on_done, named, scratch=None) -> Report:
     directories = _Directories()
     plans = [plan(home, name, force, directories=directories) for name in todo]
     if on_plan:
@@ -273,7 +282,7 @@ def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, o
             # Only an error when asked for by name: `renew --all` skips foreign lineages.
             error = f"{p.reason}: cannot renew it" if p.name in named else None
             outcomes.append(Outcome(p.name, p.source, False, p.reason, error=error))
-        elif not p.due or dry_run or p.source == REMOTE:
+        elif not p.due or p.source == REMOTE:
             outcomes.append(
                 Outcome(
                     p.name,
@@ -285,11 +294,19 @@ def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, o
                     needs_ca=p.due and p.source == REMOTE,
                 )
             )
+        elif dry_run:
+            progress(f"rehearsing {p.name} ({p.reason})")
+            outcomes.append(_rehearse(home, p, scratch, directories))
         else:
             progress(f"renewing {p.name} ({p.reason})")
             outcomes.append(_renew_one(home, p, progress))
             on_done(outcomes[-1])
     report = Report(outcomes, dry_run=dry_run)
+    if dry_run:
+        rehearsed = {o.name: Path(o.scratch) for o in outcomes if o.scratch}
+        if rehearsed and deploy:
+            _plan_deploy(home, rehearsed, deploy_config, report)
+        return report
     renewed = [home.live / o.name for o in report.renewed]
     if renewed and deploy:
         _deploy(home, renewed, deploy_config, report, progress)
@@ -316,3 +333,82 @@ def _deploy(home: Home, live_dirs: list[Path], deploy_config: Path | None, repor
             )
             or "the deploy engine reported a failure"
         )
+
+
+def _rehearse(home: Home, p: Plan, scratch: Path, directories: _Directories) -> Outcome:
+    """`renew --dry-run` for one due lineage: internal ones are issued into `scratch` (made,
+    verified, written nowhere else); for ACME ones the directory and the account are checked
+    (an order is not placed: that would be a real certificate)."""
+    params = p.params
+    out = Outcome(p.name, p.source, True, p.reason, version=p.version or None, not_after=p.not_after)
+    try:
+        if p.source == "internal":
+            from ntspki.issuing import issue
+
+            r = issue.rehearse(
+                home, p.name, list(params.get("sans") or [p.name]), params.get("key_type"), params.get("days")
+            )
+            live = scratch / p.name
+            live.mkdir(mode=0o700)
+            files = {
+                "privkey": r.key_pem,
+                "cert": r.cert_pem,
+                "chain": r.chain_pem,
+                "fullchain": r.cert_pem + r.chain_pem,
+            }
+            for kind, data in files.items():
+                fsutil.atomic_write(live / f"{kind}.pem", data, 0o600)
+            out.scratch = str(live)
+            out.rehearsal = (
+                f"issued and verified in a scratch area: {', '.join(r.info.sans)}, {r.key_type}, "
+                f"valid until {r.info.not_after[:10]}"
+            )
+        else:
+            from ntspki.acme import acmeclient
+            from ntspki.acme.accounts import load_account
+
+            spec = acmeclient.OrderSpec.from_renewal(p.name, params)
+            directories.get(params)  # the directory answers (raises with the reason if not)
+            directory = acmeclient.resolve_directory(spec.directory)
+            account = (
+                "the account exists"
+                if load_account(home, directory) is not None
+                else "but there is NO account for it (`ntspki acme register --agree-tos`)"
+            )
+            out.rehearsal = (
+                f"{directory} answers, {account}; would order {', '.join(spec.sans)} "
+                f"({spec.key_type}, {spec.challenge.type}); not ordered in a dry run"
+            )
+    except NtspkiError as e:
+        out.error = str(e)
+    return out
+
+
+def _plan_deploy(home: Home, rehearsed: dict[str, Path], deploy_config: Path | None, report: Report) -> None:
+    """The deploy engine's dry run on the rehearsed pairs: every check a real deploy makes, and
+    what it would write where and run."""
+    import dataclasses
+
+    from ntspki import deploy as deploy_mod
+    from ntspki.deploy import deployconfig
+
+    try:
+        targets = deploy_mod.load_targets(home, deploy_config)
+    except NtspkiError as e:
+        report.deploy_error = str(e)
+        return
+    if targets is None:
+        report.deploy_note = f"no deploy config ({deployconfig.default_config_path(home)}): nothing would be deployed"
+        return
+    planned = [
+        dataclasses.replace(t, source_dir=scratch)
+        for name, scratch in rehearsed.items()
+        for t in deployconfig.by_source(targets, [home.live / name])
+    ]
+    if not planned:
+        report.deploy_note = f"no deploy target uses {', '.join(rehearsed)}: nothing would be deployed"
+        return
+    result = deploy_mod.deploy(planned, dry_run=True, lock_path=deploy_mod.default_lock_path(home))
+    report.deployed = result
+    if not result.ok:
+        report.deploy_error = "; ".join(f"{t.name}: {t.status} ({t.message})" for t in result.targets if t.exit_code)

@@ -17,6 +17,7 @@ Layer: bottom (storage). May import `pki` (to read what it stores) and `errors`;
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import os
 import re
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ntspki.errors import NtspkiError
+from ntspki.errors import NtspkiError, describe_os_error
 
 if TYPE_CHECKING:
     from ntspki.store.ledger import Ledger
@@ -83,9 +84,9 @@ class Home:
             for d in (self.private_dir, self.live, self.archive, self.renewal):
                 fsutil.make_private_dir(d)
             if not os.access(self.path, os.W_OK | os.X_OK):
-                raise PermissionError(f"Permission denied: '{self.path}'")
+                raise PermissionError(errno.EACCES, "Permission denied", str(self.path))
         except OSError as e:
-            raise NtspkiError(f"cannot use {self.path} as ntspki home: {e.strerror or e}")
+            raise NtspkiError(f"cannot use {self.path} as ntspki home: {describe_os_error(e)}")
         return self
 
     def require_readable(self) -> Home:
