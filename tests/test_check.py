@@ -389,3 +389,17 @@ def test_cli_bad_usage(workdir):
     assert proc.returncode == 2 and "critical-days" in proc.stderr
     proc = run_cli("check", "--user", "no-such-user-here", "--chrony-conf", "/dev/null")
     assert proc.returncode == 3 and "no such user" in proc.stderr
+
+
+def test_check_probe_trusts_the_site_ca_with_the_system_store_by_default(cases, lab_site):
+    """A correct internal-CA server is OK without --ca: the home's root is trusted as probe and
+    deploy trust it; --trust system alone (no site CA) cannot verify it."""
+    site, _ = lab_site
+    conf = cases["good"].conf
+    proc = run_cli("check", "--chrony-conf", conf, "--probe", "--json", home=site.home.path)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, [f for f in report["findings"] if f["severity"] not in ("ok", "info")]
+    proc = run_cli("check", "--chrony-conf", conf, "--probe", "--trust", "system", home=site.home.path)
+    assert proc.returncode == 2, proc.stdout
+    probe = run_cli("probe", f"127.0.0.1:{cases['good'].server.nts_port}", "--no-ntp", home=site.home.path)
+    assert probe.returncode == 0, probe.stdout

@@ -104,9 +104,13 @@ class Checker:
         timeout: float,
         trust_bundle: list | None = None,
     ):
+        from ntspki.nts import probe
+
         self.trust_bundle = trust_bundle or []  # roots every NTS client should trust (--trust-bundle)
         self.conf, self.who = conf, who
-        self.ca_files = tuple(ca_files)
+        # probe.Trust (the site CA's root and the system store, by default), or plain --ca files.
+        self.trust = ca_files if isinstance(ca_files, probe.Trust) else probe.Trust(tuple(ca_files), not ca_files)
+        self.ca_files = self.trust.ca_files
         self.warn_days, self.critical_days = warn_days, critical_days
         self.do_probe, self.timeout = do_probe, timeout
         self.report = Report(conf.path, conf.files, who.name)
@@ -118,11 +122,11 @@ class Checker:
     def store(self):
         from ntspki.nts import probe
 
-        return probe.trust_store(self.ca_files)  # cached there
+        return probe.trust_store(self.ca_files, self.trust.system)  # cached there
 
     @property
     def trust_text(self) -> str:
-        return ", ".join(self.ca_files) if self.ca_files else "the system trust store"
+        return self.trust.describe()
 
     def run(self) -> Report:
         for problem in self.conf.problems:
@@ -708,7 +712,10 @@ def check(
     probe: bool = False,
     timeout: float = 5.0,
     trust_bundle: str | None = None,
+    home=None,
+    trust: str = "both",
 ) -> Report:
+    """`home` and `trust`: see nts.probe.default_trust (the site CA's root with the system store)."""
     if critical_days > warn_days:
         raise NtspkiError("--critical-days must not be more than --warn-days", 2)
     bundle_roots = None
@@ -724,7 +731,10 @@ def check(
         who = access.Reader.named(name)
     except access.UnknownUser:
         raise NtspkiError(f"no such user {name!r} (chronyd's run user)", 3)
-    return Checker(conf, who, ca_files, warn_days, critical_days, probe, timeout, bundle_roots).run()
+    from ntspki.nts.probe import default_trust
+
+    trusted = default_trust(ca_files, home, trust)
+    return Checker(conf, who, trusted, warn_days, critical_days, probe, timeout, bundle_roots).run()
 
 
 # ---- node_exporter textfile ----------------------------------------------------------------------

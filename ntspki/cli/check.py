@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ntspki.cli import echo_json
+from ntspki.cli import echo_json, get_home
 
 MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL", "unknown": "UNKNOWN"}
 
@@ -24,7 +24,16 @@ MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL"
     multiple=True,
     type=click.Path(),
     metavar="FILE",
-    help="Verify served chains against FILE (repeatable). Default: the system trust store.",
+    help="Verify chains against FILE (repeatable) instead of the site CA's root; the system store is "
+    "trusted too unless --trust ca.",
+)
+@click.option(
+    "--trust",
+    type=click.Choice(["both", "ca", "system"]),
+    default="both",
+    show_default=True,
+    help="both: the --ca files (default: the site CA's root, HOME/ca/root.pem) and the system trust store; "
+    "ca: only those files; system: only the system store.",
 )
 @click.option(
     "--trust-bundle",
@@ -73,7 +82,10 @@ MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL"
     metavar="FILE",
     help="Also write node_exporter textfile metrics to FILE (atomically).",
 )
-def check(conf, ca_files, trust_bundle, user, warn_days, critical_days, do_probe, timeout, verbose, as_json, prom):
+@click.pass_context
+def check(
+    ctx, conf, ca_files, trust, trust_bundle, user, warn_days, critical_days, do_probe, timeout, verbose, as_json, prom
+):
     """Audit chrony's NTS server and client configuration: certificate chains, keys, permissions as
     chronyd's user sees them, ntsdumpdir, trust for NTS sources and (with --probe) what is served.
 
@@ -84,6 +96,8 @@ def check(conf, ca_files, trust_bundle, user, warn_days, critical_days, do_probe
     report = check_mod.check(
         conf,
         ca_files=ca_files,
+        home=get_home(ctx),
+        trust=trust,
         user=user,
         warn_days=warn_days,
         critical_days=critical_days,
