@@ -93,12 +93,13 @@ class PebbleEnv:
         eab_keys: dict[str, str] | None = None,
         nonce_reject: int = 0,
         validity_seconds: int | None = None,
+        http_port: int | None = None,
     ):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ca_bundle, cert, key = _listener_cert(self.workdir)
         self.acme_port, self.pebble_mgmt_port = free_port(), free_port()
-        self.http_port, self.tls_port = free_port(), free_port()
+        self.http_port, self.tls_port = http_port or free_port(), free_port()
         self.dns_port, self.mgmt_port = free_port(), free_port()
         self.directory_url = f"https://127.0.0.1:{self.acme_port}/dir"
         self.pebble_mgmt_url = f"https://127.0.0.1:{self.pebble_mgmt_port}"
@@ -248,6 +249,14 @@ class PebbleEnv:
 
 
 def start_pebble(
-    workdir: Path, eab_keys: dict[str, str] | None = None, nonce_reject: int = 0, validity_seconds: int | None = None
+    workdir: Path,
+    eab_keys: dict[str, str] | None = None,
+    nonce_reject: int = 0,
+    validity_seconds: int | None = None,
+    http_port: int | None = None,
 ) -> PebbleEnv:
-    return PebbleEnv(workdir, eab_keys=eab_keys, nonce_reject=nonce_reject, validity_seconds=validity_seconds)
+    """http_port: where pebble's VA connects for http-01 (a free port unless given; 80 in a
+    network namespace of one's own, as a real CA)."""
+    return PebbleEnv(
+        workdir, eab_keys=eab_keys, nonce_reject=nonce_reject, validity_seconds=validity_seconds, http_port=http_port
+    )

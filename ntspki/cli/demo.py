@@ -8,6 +8,13 @@ import click
 
 from ntspki.cli import echo_json
 
+# Commands the README's "Typical use" runs as typed (tests/test_readme.py checks they are there).
+OWN_SITE_HINT = (
+    "ntspki ca create --passphrase-file /root/ntspki.pass; "
+    "ntspki issue ntpserver --san ntpserver-ipv6 --san 192.0.2.123; "
+    "ntspki deploy --lineage ntpserver"
+)
+
 
 @click.command()
 @click.option(
@@ -37,5 +44,5 @@ def demo(ctx, directory, as_json):
         click.echo("chrony.conf on each client:")
         for line in result.client_conf:
             click.echo(f"  {line}")
-        click.echo("\nFor your own site: ntspki ca create; ntspki issue NAME --san OTHER-NAME; ntspki deploy")
+        click.echo(f'\nFor your own site (after `make install`; README "Typical use"): {OWN_SITE_HINT}')
     ctx.exit(0 if result.ok else 1)

@@ -167,8 +167,8 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
     if not isinstance(ca, list):
         raise NtspkiError(f"{where}: ca must be a file or a list of files", 2)
     ca_paths = [path(c, "ca") for c in ca]
-    if not ca_paths and lineage is not None:
-        ca_paths = [home.trust_path]
+    if not ca_paths and lineage is not None and (home.read_renewal(lineage) or {}).get("source") != "acme":
+        ca_paths = [home.trust_path]  # the site CA issued it (an ACME lineage: the system store)
 
     conf = settings.get("service_conf")
     if conf is False or conf in ("none", "off"):
