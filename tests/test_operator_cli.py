@@ -76,3 +76,25 @@ def test_an_os_error_says_operation_path_reason_and_fix(tmp_path):
     assert text.startswith(f"cannot create directory {tmp_path}/missing/x: No such file or directory (")
     e = PermissionError(errno.EACCES, "Permission denied", "/etc/chrony/nts/a.key")
     assert "run it as root" in describe_os_error(e) and "/etc/chrony/nts/a.key" in describe_os_error(e)
+
+
+def test_the_files_each_server_reads_come_from_its_own_config(tmp_path):
+    """deploy's check that the server reads the target's pair: NTPsec's ntp.conf (with
+    includefile, options on one `nts` line or several) and ntpd-rs's ntp.toml."""
+    from ntspki.servers import services
+
+    extra = tmp_path / "nts.conf"
+    extra.write_text("nts key /etc/ntpsec/nts/k.pem   # the key\n")
+    conf = tmp_path / "ntp.conf"
+    conf.write_text(f"nts enable mintls TLS1.3\nincludefile {extra}\nnts cert /etc/ntpsec/nts/c.pem\n")
+    assert services.files_read(services.get("ntpsec"), conf) == [
+        (Path("/etc/ntpsec/nts/k.pem"), Path("/etc/ntpsec/nts/c.pem"), f"{extra}:1")
+    ]
+    toml = tmp_path / "ntp.toml"
+    toml.write_text(
+        '[[nts-ke-server]]\nlisten = "[::]:4460"\ncertificate-chain-path = "/x/c.pem"\nprivate-key-path = "/x/k.pem"\n'
+    )
+    assert [(k, c) for k, c, _ in services.files_read(services.get("ntpd-rs"), toml)] == [
+        (Path("/x/k.pem"), Path("/x/c.pem"))
+    ]
+    assert services.files_read(services.get("chrony"), tmp_path / "missing.conf") is None

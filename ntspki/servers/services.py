@@ -211,23 +211,20 @@ def _abs(path: str) -> Path:
     return Path("/") / path  # the servers run from /
 
 
-def _ntpsec_files(conf: Path, depth: int) -> list[tuple[Path, Path, str]]:
-    """`nts key FILE` / `nts cert FILE` (on one `nts` line or several) and `includefile`."""
-    key = cert = None
-    where = str(conf)
-    out: list[tuple[Path, Path, str]] = []
+def _ntpsec_files(conf: Path, depth: int = 0, found: dict | None = None) -> list[tuple[Path, Path, str]]:
+    """`nts key FILE` / `nts cert FILE` (on one `nts` line or several, in included files too);
+    the last of each wins, as in ntpd."""
+    found = {} if found is None else found
     for lineno, raw in enumerate(conf.read_text(errors="replace").splitlines(), 1):
         words = raw.split("#", 1)[0].split()
         if not words:
             continue
         if words[0] == "includefile" and len(words) > 1 and depth < 10:
-            out += _ntpsec_files(Path(words[1]), depth + 1)
+            _ntpsec_files(Path(words[1]), depth + 1, found)
         elif words[0] == "nts":
             for option, value in zip(words[1:], words[2:]):
-                if option == "key":
-                    key, where = value, f"{conf}:{lineno}"
-                elif option == "cert":
-                    cert = value
-    if key and cert:
-        out.append((_abs(key), _abs(cert), where))
-    return out
+                if option in ("key", "cert"):
+                    found[option] = (value, f"{conf}:{lineno}")
+    if depth or "key" not in found or "cert" not in found:
+        return []
+    return [(_abs(found["key"][0]), _abs(found["cert"][0]), found["key"][1])]
