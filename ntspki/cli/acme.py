@@ -8,8 +8,9 @@ from ntspki.cli import SuggestingGroup, echo_json, fail, get_home, progress
 from ntspki.pki.keys import ACME_KEY_TYPES
 
 
-def _say(message: str) -> None:
-    click.echo(message, err=True)
+def _say(message: str, as_json: bool = False) -> None:
+    """Progress: on stdout with the results (stderr is for problems), on stderr under --json."""
+    click.echo(message, err=as_json)
 
 
 def _directory(directory: str | None, staging: bool) -> str:
@@ -191,7 +192,7 @@ def issue_cmd(
         email=email,
         eab_kid=eab_kid,
         eab_hmac_key=eab_hmac_key,
-        progress=_say,
+        progress=lambda message: _say(message, as_json),
         allow_change=allow_change,
     )
     if as_json:
@@ -247,7 +248,7 @@ def renew(ctx, names, all_, force, dry_run, jitter, no_deploy, deploy_config, as
     home = get_home(ctx)
     if jitter and not dry_run:
         delay = random.uniform(0, jitter)
-        _say(f"waiting {delay:.0f} s (--jitter)")
+        _say(f"waiting {delay:.0f} s (--jitter)", as_json)
         time.sleep(delay)
     bar = None
 
@@ -310,6 +311,6 @@ def _print_report(report) -> None:
     for t in getattr(report.deployed, "targets", None) or []:
         click.echo(f"deploy {t.name}: {t.status}" + (f" ({t.message})" if t.message else ""))
     if report.deploy_note:
-        click.echo(f"note: {report.deploy_note}", err=True)
+        click.echo(f"note: {report.deploy_note}")
     if report.deploy_error:
         click.echo(f"deploy FAILED: {report.deploy_error}")
