@@ -161,7 +161,7 @@ class Trust:
 
 def default_trust(ca_files=(), home=None, only: str = "both") -> Trust:
     """The trust `probe` and `check --probe` use: the --ca files, or without them the site CA's
-    root (HOME/ca/root.pem, when there is one), together with the system store, as chrony's
+    roots (HOME/ca/trust.pem or root.pem, when there is one), together with the system store, as chrony's
     certificate set 0 does. only="ca" drops the system store; only="system" uses nothing else."""
     if only not in TRUST_CHOICES:
         raise NtspkiError(f"--trust must be one of {', '.join(TRUST_CHOICES)}, not {only!r}", 2)
@@ -171,7 +171,7 @@ def default_trust(ca_files=(), home=None, only: str = "both") -> Trust:
             raise NtspkiError("--trust system uses the system store only: drop --ca, or use --trust both", 2)
         return Trust((), True)
     if not files and home is not None:
-        root = Path(home.ca_dir) / "root.pem"
+        root = home.trust_path  # ca/trust.pem (both roots during a rollover), else ca/root.pem
         if os.access(root, os.R_OK):
             files = (str(root),)
     if only == "ca" and not files:
