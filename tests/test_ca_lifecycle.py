@@ -506,6 +506,8 @@ def test_revoking_a_retired_intermediate_signs_the_root_s_crl(site, tmp_path, wo
         "none",
         "--restart-command",
         "true",
+        "--service-conf",
+        "none",  # a copy: this host's chrony.conf does not read it
         "--dry-run",
     ]
     refused = run_cli(*deploy, home=site)
@@ -539,6 +541,8 @@ def test_deploy_refuses_and_renew_reissues_a_revoked_lineage_with_a_new_key(site
         "none",
         "--restart-command",
         "true",
+        "--service-conf",
+        "none",  # a copy: this host's chrony.conf does not read it
         "--dry-run",
     ]
     assert run_cli(*deploy, home=site).returncode == 0
