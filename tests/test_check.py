@@ -125,6 +125,9 @@ def cases(lab_site):
         if extra == "source":
             (confd / "10-client.conf").write_text(
                 f"server 127.0.0.1 iburst nts port {server.ntp_port} ntsport {server.nts_port}\n"
+                f"server ::1 iburst nts port {server.ntp_port} ntsport {server.nts_port}\n"
+                # a third, independent reference (gpsd): three sources, so no few-sources warning
+                "refclock SHM 0 refid GPS\n"
                 f"ntstrustedcerts {site.root}\n"
             )
         out[name] = Case(name, d, conf, server, client_name)
@@ -322,7 +325,9 @@ def test_key_owned_by_chrony_user_is_a_warning(lab_site, workdir):
         workdir / "d", live.privkey, live.fullchain, key_mode=0o600, key_uid=UID, key_gid=GID
     )
     conf = workdir / "chrony.conf"
-    conf.write_text(f"ntsserverkey {key_path}\nntsservercert {cert_path}\nntsdumpdir {workdir}\nuser {USER}\n")
+    conf.write_text(
+        f"ntsserverkey {key_path}\nntsservercert {cert_path}\nntsdumpdir {workdir}\nuser {USER}\nlocal stratum 8\n"
+    )
     report = check(str(conf), ca_files=[str(site.root)])
     assert report.codes("warning") == {"key-writable", "dumpdir-unwritable"}, report.findings
     assert report.exit_code == 1
@@ -334,7 +339,7 @@ def test_expiry_thresholds(lab_site, workdir):
     key, leaf, inter = leaf_pem(ca, [x509.DNSName("ntpserver")], days=10)
     key_path, cert_path = write_deployment(workdir / "d", key, leaf + inter, key_gid=0)
     conf = workdir / "chrony.conf"
-    conf.write_text(f"ntsserverkey {key_path}\nntsservercert {cert_path}\nntsdumpdir {workdir}\n")
+    conf.write_text(f"ntsserverkey {key_path}\nntsservercert {cert_path}\nntsdumpdir {workdir}\nlocal stratum 8\n")
     assert check(str(conf), ca_files=[str(site.root)], user="root").codes("warning") == {"expiring"}
     assert check(str(conf), ca_files=[str(site.root)], user="root", critical_days=10).codes("critical") == {"expiring"}
     assert check(str(conf), ca_files=[str(site.root)], user="root", warn_days=5, critical_days=2).status == "OK"
@@ -386,7 +391,7 @@ def test_cli_exit_codes_json_and_prometheus(cases, lab_site, workdir):
 
 def test_cli_bad_usage(workdir):
     proc = run_cli("check", "--warn-days", "3", "--critical-days", "9", "--chrony-conf", workdir / "x")
-    assert proc.returncode == 2 and "critical-days" in proc.stderr
+    assert proc.returncode == 3 and "critical-days" in proc.stderr  # UNKNOWN: 2 would read as CRITICAL
     proc = run_cli("check", "--user", "no-such-user-here", "--chrony-conf", "/dev/null")
     assert proc.returncode == 3 and "no such user" in proc.stderr
 

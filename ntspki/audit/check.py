@@ -51,6 +51,7 @@ class Report:
     user: str
     findings: list[Finding] = field(default_factory=list)
     certificates: list[CertState] = field(default_factory=list)
+    role: str = ""  # one line: does this chronyd serve NTS, does it use NTS sources
 
     @property
     def status(self) -> str:
@@ -80,6 +81,7 @@ class Report:
             "conf": self.conf,
             "files": self.files,
             "user": self.user,
+            "role": self.role,
             "counts": self.counts(),
             "findings": [asdict(f) for f in self.findings],
             "certificates": [asdict(c) for c in self.certificates],
@@ -130,13 +132,59 @@ class Checker:
 
     def run(self) -> Report:
         for problem in self.conf.problems:
-            self.add("warning", "conf-unreadable", problem, "chronyd will not see these lines either")
+            self.add("unknown", "conf-unreadable", problem, "make the file readable or fix the include line")
+        self.chronyd_opinion()
         self.server_side()
         self.client_side()
+        self.sources()
+        pairs, srcs = len(self.conf.all("ntsservercert")), self.conf.sources()
+        nts_srcs = sum(1 for s in srcs if s.nts)
+        self.report.role = (
+            f"serves NTS ({pairs} certificate(s))" if pairs else "serves no NTS"
+        ) + f"; {nts_srcs} of {len(srcs)} source(s) use NTS"
+        if not pairs and not nts_srcs:
+            self.add(
+                "warning",
+                "no-nts",
+                "no NTS here: this chronyd serves no NTS (no ntsserverkey/ntsservercert) and uses no NTS source "
+                "(no server or pool line with `nts`)",
+                "for a client: `server NAME iburst nts`; for a server: ntspki issue, then ntspki deploy",
+            )
         return self.report
+
+    def chronyd_opinion(self) -> None:
+        """chronyd's own parser (`chronyd -p`) as a second opinion: what it refuses never starts."""
+        verdict = chronyconf.chronyd_verdict(self.conf.path)
+        if verdict is None:
+            self.add(
+                "info", "chronyd-parse", "chronyd is not installed here: the configuration was read by ntspki only"
+            )
+        elif verdict.startswith("refused: "):
+            self.add(
+                "critical",
+                "conf-refused",
+                f"chronyd refuses this configuration: {verdict[len('refused: ') :]}",
+                "fix the line chronyd names (`chronyd -p -f FILE` shows its verdict)",
+                self.conf.path,
+            )
+        elif verdict.startswith("unknown: "):
+            self.add("unknown", "chronyd-parse", f"chronyd -p could not judge {self.conf.path}: {verdict[9:]}")
+        else:
+            self.add("ok", "chronyd-parse", f"chronyd parses {self.conf.path}")
 
     # -- reading files as root --------------------------------------------------------------------
     def read(self, path: str, what: str, where: str) -> bytes | None:
+        if os.path.isdir(path):
+            self.add(
+                "critical",
+                f"{what}-is-directory",
+                f"{what} file {path} is a directory: chronyd needs the {what} file itself",
+                f"point the directive in {where} at the {what} file (ntspki deploy writes /etc/chrony/nts/NAME."
+                f"{'key' if what == 'key' else 'crt'})",
+                path,
+                where,
+            )
+            return None
         try:
             return Path(path).read_bytes()
         except FileNotFoundError:
@@ -409,8 +457,8 @@ class Checker:
 
     # -- permissions, as chronyd's user ------------------------------------------------------------
     def permissions(self, path: str, what: str, where: str) -> None:
-        if not path or not os.path.exists(path):
-            return
+        if not path or not os.path.isfile(path):
+            return  # missing or not a file: already reported, and no mode makes it right
         who = self.who
         blocked = who.blocked_dir(path)
         if blocked:
@@ -494,12 +542,22 @@ class Checker:
             )
             return
         path = d.args[0]
+        if os.path.exists(path) and not os.path.isdir(path):
+            self.add(
+                "warning",
+                "dumpdir-not-directory",
+                f"ntsdumpdir {path} is not a directory: chronyd cannot keep its cookie keys across restarts",
+                f"point ntsdumpdir in {d.where} at a directory chronyd's user can write (e.g. /var/lib/chrony)",
+                path,
+                d.where,
+            )
+            return
         if not os.path.isdir(path):
             self.add(
                 "warning",
                 "dumpdir-missing",
                 f"ntsdumpdir {path} does not exist: chronyd cannot keep its cookie keys across restarts",
-                f"mkdir -m 0750 {path} && chown {self.who.name}: {path}",
+                f"install -d -m 0750 -o {self.who.name} -g {self.who.group} {path}",
                 path,
                 d.where,
             )
@@ -541,8 +599,12 @@ class Checker:
             sans = pki.sans_of(disk)
             dns = [g.value for g in sans if isinstance(g, x509.DNSName) and "*" not in g.value]
             name = dns[0] if dns else (str(sans[0].value) if sans else host)
-            r = probe.probe(target, name=name, timeout=self.timeout, trust=self.store())
             label = f"NTS-KE at {target} (name {name})"
+            try:
+                r = probe.probe(target, name=name, timeout=self.timeout, trust=self.store())
+            except NtspkiError as e:
+                self.add("unknown", "probe-failed", f"{label}: could not probe: {e}", None, cd.args[0], cd.where)
+                continue
             if r.chain and r.sha256 != disk_sha256:
                 served_nb = dt.datetime.fromisoformat(r.chain[0]["not_before"])
                 if disk.not_valid_before_utc > served_nb:
@@ -636,22 +698,108 @@ class Checker:
                 self.add("ok", "trust-bundle", f"certificate set {certset} trusts every root of the trust bundle")
 
     def trust_path(self, path: str, where: str) -> None:
+        """An ntstrustedcerts file or directory (*.crt): reachable and readable by chronyd's user, holding
+        certificates that parse and have not expired."""
         if not os.path.exists(path):
-            self.add("critical", "trust-missing", f"ntstrustedcerts {path} does not exist", None, path, where)
-            return
-        blocked = self.who.blocked_dir(path)
-        st = os.stat(path)
-        want = 4 | 1 if stat.S_ISDIR(st.st_mode) else 4
-        if blocked or not self.who.may_stat(st, want):
             self.add(
                 "critical",
-                "trust-unreadable",
-                f"ntstrustedcerts {path} is not readable by {self.who.name} "
-                "(chronyd reads it for every NTS-KE session)",
-                f"chmod 0644 {path}",
+                "trust-missing",
+                f"ntstrustedcerts {path} does not exist: NTS-KE with the sources using it fails",
+                f"copy the CA's root certificate to {path}, or fix the path in {where}",
                 path,
                 where,
             )
+            return
+        blocked = self.who.blocked_dir(path)
+        if blocked:
+            d, st = blocked
+            self.add(
+                "critical",
+                "trust-unreadable",
+                f"directory {d} ({access.owner_text(st)}) is not searchable by {self.who.name}, so chronyd cannot reach "
+                f"ntstrustedcerts {path} (it reads it for every NTS-KE session)",
+                f"chmod o+x {d}, or keep trust files under /etc/chrony/",
+                path,
+                where,
+            )
+            return
+        st = os.stat(path)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if not self.who.may_stat(st, 4 | 1 if is_dir else 4):
+            self.add(
+                "critical",
+                "trust-unreadable",
+                f"ntstrustedcerts {path} ({access.owner_text(st)}) is not readable by {self.who.name} "
+                "(chronyd reads it for every NTS-KE session)",
+                f"chmod 0755 {path}" if is_dir else f"chmod 0644 {path}",
+                path,
+                where,
+            )
+            return
+        files = sorted(str(p) for p in Path(path).glob("*.crt")) if is_dir else [path]
+        if is_dir and not files:
+            self.add(
+                "critical",
+                "trust-empty",
+                f"ntstrustedcerts directory {path} holds no *.crt file: chrony trusts nothing from it",
+                f"put the CA's root certificate into {path} as NAME.crt",
+                path,
+                where,
+            )
+        for f in files:
+            self.trust_file(f, where)
+
+    def trust_file(self, path: str, where: str) -> None:
+        from cryptography import x509
+
+        data = self.read(path, "trust", where)
+        if data is None:
+            return
+        try:
+            certs = x509.load_pem_x509_certificates(data)
+        except ValueError:
+            self.add(
+                "critical",
+                "trust-unparsable",
+                f"ntstrustedcerts {path} holds no PEM certificate: chrony trusts nothing from it",
+                "put the CA's root certificate there in PEM (-----BEGIN CERTIFICATE-----)",
+                path,
+                where,
+            )
+            return
+        now = dt.datetime.now(dt.UTC)
+        for cert in certs:
+            subject = cert.subject.rfc4514_string()
+            if cert.not_valid_after_utc < now:
+                self.add(
+                    "critical",
+                    "trust-expired",
+                    f"ntstrustedcerts {path}: {subject} expired on {cert.not_valid_after_utc:%Y-%m-%d}: chrony "
+                    "(GnuTLS) refuses chains that end there",
+                    "replace it with the CA's current root certificate",
+                    path,
+                    where,
+                )
+            elif cert.not_valid_before_utc > now:
+                self.add(
+                    "critical",
+                    "trust-not-yet-valid",
+                    f"ntstrustedcerts {path}: {subject} is not valid before {cert.not_valid_before_utc:%Y-%m-%d}",
+                    "check the clocks of this machine and of the CA",
+                    path,
+                    where,
+                )
+            else:
+                days = (cert.not_valid_after_utc - now).days
+                sev = "warning" if days < self.warn_days else "ok"
+                self.add(
+                    sev,
+                    "trust-expiring" if sev == "warning" else "trust-valid",
+                    f"ntstrustedcerts {path}: {subject} is valid for {days} more days",
+                    "replace it with the CA's new root before it expires" if sev == "warning" else None,
+                    path,
+                    where,
+                )
 
     def name_type(self, src: chronyconf.Source) -> None:
         """A source that is this very machine can be checked against the certificate served here."""
@@ -686,12 +834,117 @@ class Checker:
         from ntspki.nts import probe
 
         host = f"[{src.host}]" if ":" in src.host else src.host
-        r = probe.probe(f"{host}:{src.ntsport}", timeout=self.timeout, trust=probe.trust_store(files, system))
         where = src.directive.where
+        label = f"{src.kind} {src.host}"
+        try:
+            r = probe.probe(f"{host}:{src.ntsport}", timeout=self.timeout, trust=probe.trust_store(files, system))
+        except NtspkiError as e:  # a target or trust file the probe cannot use: not the source's fault
+            self.add("unknown", "source-probe", f"{label}: could not probe: {e}", None, where=where)
+            return
         if r.ok:
-            self.add("ok", "source-probe", f"{src.kind} {src.host}: NTS works (stratum {r.stratum})", where=where)
+            self.add("ok", "source-probe", f"{label}: NTS works (stratum {r.stratum})", where=where)
+        elif r.stage in ("connect", "internal"):
+            self.add(
+                "unknown",
+                "source-probe",
+                f"{label}: could not probe: {r.error}",
+                f"check that {src.host} resolves and that port {src.ntsport}/tcp is reachable from here",
+                where=where,
+            )
         else:
-            self.add("critical", "source-probe", f"{src.kind} {src.host}: {r.error}", None, where=where)
+            self.add(
+                "critical",
+                "source-probe",
+                f"{label}: {r.error}",
+                f"run `ntspki probe {host}:{src.ntsport}` for details; fix the trust (ntstrustedcerts) or the name",
+                where=where,
+            )
+
+    # -- every source: authenticated, and enough of them -------------------------------------------------
+    def sources(self) -> None:
+        mode_d = self.conf.last("authselectmode")
+        mode = mode_d.args[0].lower() if mode_d and mode_d.args else None
+        srcs = self.conf.sources()
+        authenticated = [s for s in srcs if s.nts or "key" in s.directive.args[1:]]
+        usable = 0
+        for src in srcs:
+            args = [a.lower() for a in src.directive.args[1:]]
+            weight = _option_int(args, "maxsources", 4) if src.kind == "pool" else 1
+            is_auth = src in authenticated
+            if "noselect" not in args and (is_auth or mode != "require"):
+                usable += weight
+            if is_auth:
+                continue
+            where = src.directive.where
+            label = f"{src.kind} {src.host}"
+            if mode == "require":
+                self.add(
+                    "info",
+                    "unauthenticated-source",
+                    f"{label} is unauthenticated and never selected (authselectmode require)",
+                    where=where,
+                )
+            elif mode is not None:
+                self.add(
+                    "info",
+                    "unauthenticated-source",
+                    f"{label} is unauthenticated, mixed in on purpose (authselectmode {mode} in {mode_d.where})",
+                    where=where,
+                )
+            else:
+                pool = src.host.rstrip(".").lower().endswith("pool.ntp.org")
+                self.add(
+                    "warning",
+                    "unauthenticated-source",
+                    f"{label} is unauthenticated (no `nts`, no `key`): anyone on the path can shift this "
+                    "machine's clock through it",
+                    (
+                        "the NTP Pool offers no NTS: add NTS servers (`server NAME iburst nts`, e.g. your own or "
+                        "time.cloudflare.com)"
+                        if pool
+                        else f"add `nts` if {src.host} offers NTS (`ntspki probe "
+                        f"{src.host}`), else replace it with an NTS server"
+                    )
+                    + "; or keep it on purpose with `authselectmode mix`",
+                    where=where,
+                )
+        usable += sum(1 for d in self.conf.all("refclock") if "noselect" not in [a.lower() for a in d.args])
+        if usable == 0:
+            if self.conf.last("local") is not None:
+                self.add("info", "no-sources", "no time sources: this chronyd serves its own clock (`local`)")
+            else:
+                self.add(
+                    "warning",
+                    "no-sources",
+                    "no time sources and no `local`: chronyd never synchronises and its clients get "
+                    "unsynchronised time",
+                    "add at least three `server NAME iburst nts` lines",
+                )
+        elif usable < 3:
+            self.add(
+                "warning",
+                "few-sources",
+                f"only {usable} usable time source(s): with fewer than three chronyd cannot tell which one is wrong "
+                "(no falseticker detection)",
+                "use at least three independent sources (four is better): more `server NAME iburst nts` lines",
+            )
+        minsources = self.conf.last("minsources")
+        if minsources and minsources.args and minsources.args[0].isdigit() and int(minsources.args[0]) > usable:
+            self.add(
+                "warning",
+                "minsources",
+                f"minsources {minsources.args[0]} but only {usable} usable source(s): chronyd never updates the clock",
+                f"lower minsources in {minsources.where} or add sources",
+                where=minsources.where,
+            )
+
+
+def _option_int(args: list[str], name: str, default: int) -> int:
+    if name in args:
+        i = args.index(name)
+        if i + 1 < len(args) and args[i + 1].isdigit():
+            return int(args[i + 1])
+    return default
 
 
 def _is_local(host: str) -> bool:
@@ -716,8 +969,9 @@ def check(
     trust: str = "both",
 ) -> Report:
     """`home` and `trust`: see nts.probe.default_trust (the site CA's root with the system store)."""
+    # Every failure to run maps to UNKNOWN (3): monitoring reads 2 as CRITICAL.
     if critical_days > warn_days:
-        raise NtspkiError("--critical-days must not be more than --warn-days", 2)
+        raise NtspkiError("--critical-days must not be more than --warn-days", 3)
     bundle_roots = None
     if trust_bundle is not None:
         from ntspki.pki import bundle
@@ -725,6 +979,13 @@ def check(
         bundle_roots = bundle.read_trusted(trust_bundle) if Path(trust_bundle).is_file() else []
         if not bundle_roots:
             raise NtspkiError(f"--trust-bundle {trust_bundle}: no readable PEM certificate in it", 3)
+    if ca_files:
+        from ntspki.nts import probe as probe_mod
+
+        try:
+            probe_mod.trust_store(ca_files)
+        except NtspkiError as e:
+            raise NtspkiError(str(e), 3)
     conf = chronyconf.parse(conf_path)
     name = user or conf.value("user") or services.get("chrony").user()
     try:
@@ -733,7 +994,10 @@ def check(
         raise NtspkiError(f"no such user {name!r} (chronyd's run user)", 3)
     from ntspki.nts.probe import default_trust
 
-    trusted = default_trust(ca_files, home, trust)
+    try:
+        trusted = default_trust(ca_files, home, trust)
+    except NtspkiError as e:
+        raise NtspkiError(str(e), 3)
     return Checker(conf, who, trusted, warn_days, critical_days, probe, timeout, bundle_roots).run()
 
 

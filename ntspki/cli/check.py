@@ -9,7 +9,18 @@ from ntspki.cli import echo_json, get_home
 MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL", "unknown": "UNKNOWN"}
 
 
-@click.command()
+class MonitoringCommand(click.Command):
+    """check is a monitoring plugin: a usage error is UNKNOWN (3), never 2, which means CRITICAL."""
+
+    def parse_args(self, ctx, args):
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            e.exit_code = 3
+            raise
+
+
+@click.command(cls=MonitoringCommand)
 @click.option(
     "--chrony-conf",
     "conf",
@@ -89,7 +100,8 @@ def check(
     """Audit chrony's NTS server and client configuration: certificate chains, keys, permissions as
     chronyd's user sees them, ntsdumpdir, trust for NTS sources and (with --probe) what is served.
 
-    Exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (monitoring plugin convention).
+    Exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (monitoring plugin convention; a usage error or an
+    unreadable input is UNKNOWN).
     """
     from ntspki.audit import check as check_mod
 
@@ -115,6 +127,7 @@ def check(
         f"{report.status}: {counts['critical']} critical, {counts['warning']} warning(s), "
         f"{counts['unknown']} unknown; {report.conf} as {report.user}"
     )
+    click.echo(f"  {report.role}")
     for f in report.findings:
         if f.severity in ("ok", "info") and not verbose:
             continue

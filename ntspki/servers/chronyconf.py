@@ -178,3 +178,28 @@ def _dir_files(dirs: list[str], suffix: str) -> list[str]:
             if n.endswith(suffix) and n not in chosen and os.path.isfile(os.path.join(d, n)):
                 chosen[n] = os.path.join(d, n)
     return [chosen[n] for n in sorted(chosen)]
+
+
+def chronyd_verdict(path: str, timeout: float = 10.0) -> str | None:
+    """chronyd's own parser on `path` (`chronyd -p`, which parses, prints and exits): "ok",
+    "refused: <chronyd's words>", "unknown: <why>", or None when chronyd is not installed."""
+    import shutil
+    import subprocess
+
+    chronyd = shutil.which("chronyd") or next((p for p in ("/usr/sbin/chronyd", "/sbin/chronyd") if os.path.exists(p)), None)
+    if chronyd is None:
+        return None
+    try:
+        proc = subprocess.run(
+            [chronyd, "-p", "-f", str(path)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        )
+    except subprocess.TimeoutExpired:
+        return f"unknown: chronyd -p took more than {timeout:.0f} s"
+    except OSError as e:
+        return f"unknown: {chronyd}: {e.strerror}"
+    if proc.returncode == 0:
+        return "ok"
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    words = lines[-1] if lines else f"exit status {proc.returncode}"
+    # "2026-...Z Fatal error : Invalid directive at line 2 in file x.conf" -> from "Fatal error" on
+    return "refused: " + words[words.find("Fatal error"):] if "Fatal error" in words else "refused: " + words
