@@ -884,7 +884,7 @@ class Checker:
                     f"{label} is unauthenticated and never selected (authselectmode require)",
                     where=where,
                 )
-            elif mode is not None:
+            elif mode_d is not None:
                 self.add(
                     "info",
                     "unauthenticated-source",

@@ -9,6 +9,10 @@ from ntspki.cli import echo_json, get_home
 MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL", "unknown": "UNKNOWN"}
 
 
+class UnknownUsage(click.UsageError):
+    exit_code = 3
+
+
 class MonitoringCommand(click.Command):
     """check is a monitoring plugin: a usage error is UNKNOWN (3), never 2, which means CRITICAL."""
 
@@ -16,8 +20,7 @@ class MonitoringCommand(click.Command):
         try:
             return super().parse_args(ctx, args)
         except click.UsageError as e:
-            e.exit_code = 3
-            raise
+            raise UnknownUsage(e.message, e.ctx) from e
 
 
 @click.command(cls=MonitoringCommand)

@@ -186,7 +186,9 @@ def chronyd_verdict(path: str, timeout: float = 10.0) -> str | None:
     import shutil
     import subprocess
 
-    chronyd = shutil.which("chronyd") or next((p for p in ("/usr/sbin/chronyd", "/sbin/chronyd") if os.path.exists(p)), None)
+    chronyd = shutil.which("chronyd") or next(
+        (p for p in ("/usr/sbin/chronyd", "/sbin/chronyd") if os.path.exists(p)), None
+    )
     if chronyd is None:
         return None
     try:
@@ -202,4 +204,4 @@ def chronyd_verdict(path: str, timeout: float = 10.0) -> str | None:
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     words = lines[-1] if lines else f"exit status {proc.returncode}"
     # "2026-...Z Fatal error : Invalid directive at line 2 in file x.conf" -> from "Fatal error" on
-    return "refused: " + words[words.find("Fatal error"):] if "Fatal error" in words else "refused: " + words
+    return "refused: " + words[words.find("Fatal error") :] if "Fatal error" in words else "refused: " + words

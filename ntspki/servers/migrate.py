@@ -8,7 +8,6 @@ or a choice only the operator can make). Nothing is dropped silently.
 
 from __future__ import annotations
 
-import glob
 import ipaddress
 import os
 import socket
@@ -22,8 +21,20 @@ MAX_CONF_BYTES = 1 << 20
 MAX_INCLUDE_DEPTH = 5  # ntpd's own limit
 COMMENT = "#"
 # Options of server/pool/peer lines that take a value, in ntpd and NTPsec.
-VALUE_OPTIONS = {"key", "version", "minpoll", "maxpoll", "mode", "ttl", "ca", "aead", "bias", "subtype",
-                 "maxdelay", "port"}
+VALUE_OPTIONS = {
+    "key",
+    "version",
+    "minpoll",
+    "maxpoll",
+    "mode",
+    "ttl",
+    "ca",
+    "aead",
+    "bias",
+    "subtype",
+    "maxdelay",
+    "port",
+}
 # Options that carry over to chrony unchanged.
 KEPT_FLAGS = {"iburst", "burst", "prefer", "noselect", "xleave"}
 KEPT_VALUES = {"minpoll", "maxpoll"}
@@ -41,7 +52,7 @@ OBSOLETE_WHY = {
     "automax": "autokey session key lifetime",
     "ident": "autokey identity scheme",
     "keys": "symmetric keys (ntp.keys): NTS authenticates without shared secrets; chrony's keyfile has "
-            "its own format if some peers must keep a key",
+    "its own format if some peers must keep a key",
     "trustedkey": "symmetric key IDs for the keys file",
     "requestkey": "ntpdc/ntpq authentication; chronyc uses a local socket",
     "controlkey": "ntpq authentication; chronyc uses a local socket",
@@ -66,19 +77,19 @@ class Line:
 @dataclass
 class Fate:
     where: str
-    directive: str       # the input line
-    fate: str            # translated, obsolete, manual
+    directive: str  # the input line
+    fate: str  # translated, obsolete, manual
     chrony: list[str] = field(default_factory=list)
     why: str = ""
 
 
 @dataclass
 class Upstream:
-    kind: str            # server, pool, peer
+    kind: str  # server, pool, peer
     host: str
     where: str
-    nts: bool            # gets `nts` in chrony.conf
-    why: str             # why it does or does not
+    nts: bool  # gets `nts` in chrony.conf
+    why: str  # why it does or does not
     autokey: bool = False
     probed: bool = False
     line: str = ""
@@ -107,6 +118,7 @@ class Migration:
 
 
 # ---- reading ntp.conf -------------------------------------------------------------------------------
+
 
 def _read_text(path: str) -> str:
     """A bounded read of a regular text file (ntp.conf or one it includes)."""
@@ -161,10 +173,11 @@ def _read_into(path: str, lines: list[Line], files: list[str], depth: int) -> No
 
 # ---- translating ------------------------------------------------------------------------------------
 
+
 @dataclass
 class _Restrict:
     network: ipaddress.IPv4Network | ipaddress.IPv6Network | None  # None: default (both families)
-    family: int | None   # 4 or 6 for `restrict -4/-6 default`
+    family: int | None  # 4 or 6 for `restrict -4/-6 default`
     serves: bool
     limited: bool
     line: Line
@@ -217,7 +230,7 @@ class Translator:
         self.fudge: dict[str, dict[str, str]] = {}
         self.keysdir: str | None = None
         self.crypto_host: str | None = None
-        self.nts_server: dict[str, str] = {}   # NTPsec `nts cert/key/ca/cookie ...`
+        self.nts_server: dict[str, str] = {}  # NTPsec `nts cert/key/ca/cookie ...`
 
     def fate(self, line: Line, fate: str, chrony: list[str] | None = None, why: str = "") -> None:
         self.m.fates.append(Fate(line.where, line.text, fate, chrony or [], why))
@@ -256,9 +269,13 @@ class Translator:
                 if r is not None:
                     restricts.append(r)
                 else:
-                    self.fate(line, "manual" if line.args[:1] != ["source"] else "obsolete",
-                              why="chrony always answers the servers it polls" if line.args[:1] == ["source"]
-                              else "not an address, network or `default`: write allow/deny by hand")
+                    self.fate(
+                        line,
+                        "manual" if line.args[:1] != ["source"] else "obsolete",
+                        why="chrony always answers the servers it polls"
+                        if line.args[:1] == ["source"]
+                        else "not an address, network or `default`: write allow/deny by hand",
+                    )
             elif line.name == "fudge":
                 self.fate(line, "translated", why="its settings are part of the refclock's chrony line")
             elif line.name in AUTOKEY_DIRECTIVES or line.name in SYMMETRIC_KEY_DIRECTIVES:
@@ -275,15 +292,18 @@ class Translator:
         self.m.served_autokey = has_crypto and (self.m.serves or self._group_keys())
         if autokey_upstream:
             self.out["trust"].append(f"ntstrustedcerts {SITE_ROOT_COPY}")
-            self.m.notes.append(f"the former autokey servers need NTS certificates from your CA; copy its root "
-                                f"(ntspki's ca/root.pem) to {SITE_ROOT_COPY} on this host")
+            self.m.notes.append(
+                f"the former autokey servers need NTS certificates from your CA; copy its root "
+                f"(ntspki's ca/root.pem) to {SITE_ROOT_COPY} on this host"
+            )
         if self.m.served_autokey or self.m.served_nts:
             self.serve()
         if has_crypto or self.keysdir:
             self.autokey_files()
         if not any(u.nts for u in self.m.upstreams):
-            self.m.notes.append("no NTS source: this host gets unauthenticated time; add `server NAME iburst nts` "
-                                "lines for NTS servers")
+            self.m.notes.append(
+                "no NTS source: this host gets unauthenticated time; add `server NAME iburst nts` lines for NTS servers"
+            )
         if "ca" in self.nts_server:
             self.out["trust"].append(f"ntstrustedcerts {self.nts_server['ca']}")
         self.m.chrony_conf = self.render()
@@ -339,13 +359,16 @@ class Translator:
             certset = " certset 1"
             why_notes.append(f"its CA {values['ca']} is certificate set 1")
         if "noval" in flags:
-            why_notes.append("NTPsec's noval (no certificate validation) has no chrony equivalent: the "
-                             "certificate is validated")
+            why_notes.append(
+                "NTPsec's noval (no certificate validation) has no chrony equivalent: the certificate is validated"
+            )
         name = host.rstrip(".").lower()
         kind = "server" if line.name == "server" else line.name
         if kind == "peer":
-            nts, why = False, ("NTS has no symmetric mode: make each side a `server ... nts` of the other, "
-                               "or keep a symmetric key")
+            nts, why = (
+                False,
+                ("NTS has no symmetric mode: make each side a `server ... nts` of the other, or keep a symmetric key"),
+            )
         elif any(name == s or name.endswith("." + s) for s in NO_NTS_SUFFIXES):
             nts, why = False, "the NTP Pool offers no NTS: add NTS servers (e.g. from your CA) alongside"
         elif probe_results is not None:
@@ -360,8 +383,7 @@ class Translator:
         nts_opts = " nts" + certset + (f" ntsport {ntsport}" if ntsport and ntsport != "4460" else "")
         text = f"{kind} {host} {' '.join(kept)}{nts_opts if nts else ''}"
         self.out["sources"].append(text)
-        self.m.upstreams.append(Upstream(kind, host, line.where, nts, why, autokey, probe_results is not None,
-                                         text))
+        self.m.upstreams.append(Upstream(kind, host, line.where, nts, why, autokey, probe_results is not None, text))
         self.fate(line, "translated", [text], "; ".join([why, *why_notes]))
         return False
 
@@ -403,17 +425,26 @@ class Translator:
             else:
                 self.fate(r.line, "translated", [], "already covered by the default")
         # The host served others on purpose if it allowed networks explicitly or served a clock of its own.
-        self.m.serves = self.m.serves or explicit or local_clock or self.nts_server.get("enable") == "enable" or (
-            default_serves and any(line.name in ("broadcast", "manycastserver") for line in self.lines))
+        self.m.serves = (
+            self.m.serves
+            or explicit
+            or local_clock
+            or self.nts_server.get("enable") == "enable"
+            or (default_serves and any(line.name in ("broadcast", "manycastserver") for line in self.lines))
+        )
         for r in defaults:
             if r.serves and (self.m.serves or explicit):
                 text = "allow all" if r.family is None else ("allow 0.0.0.0/0" if r.family == 4 else "allow ::/0")
                 out.insert(0, text)
                 self.fate(r.line, "translated", [text])
             elif r.serves:
-                self.fate(r.line, "manual", ["# allow all"],
-                          "ntpd answered NTP from every address; chrony answers no one unless allowed. This "
-                          "host looks like a client only, so `allow all` is left commented out")
+                self.fate(
+                    r.line,
+                    "manual",
+                    ["# allow all"],
+                    "ntpd answered NTP from every address; chrony answers no one unless allowed. This "
+                    "host looks like a client only, so `allow all` is left commented out",
+                )
                 out.insert(0, "# allow all    # ntpd answered everyone: uncomment to keep serving")
             else:
                 self.fate(r.line, "translated", [], "chrony answers no one unless allowed")
@@ -432,8 +463,10 @@ class Translator:
         issue = "ntspki issue " + name + "".join(f" --san {s}" for s in sans)
         self.m.commands += [issue, f"ntspki deploy --lineage {name}"]
         was = "autokey" if self.m.served_autokey else "NTS (NTPsec)"
-        self.m.notes.append(f"this host served {was}: it serves NTS with a certificate for {name} "
-                            f"({', '.join([name, *sans])}) once the commands below have run")
+        self.m.notes.append(
+            f"this host served {was}: it serves NTS with a certificate for {name} "
+            f"({', '.join([name, *sans])}) once the commands below have run"
+        )
 
     def _server_name(self) -> str:
         for candidate in (self.crypto_host, *self._autokey_hosts(), *self._cert_names()[:1], self.hostname):
@@ -478,8 +511,9 @@ class Translator:
     def _autokey_hosts(self) -> list[str]:
         """Host names from autokey's `ntpkey_host_NAME` links (ntp-keygen's naming)."""
         prefix = AUTOKEY_FILE_PREFIX + "host_"
-        return [os.path.basename(p)[len(prefix):] for p in self._autokey_paths()
-                if os.path.basename(p).startswith(prefix)]
+        return [
+            os.path.basename(p)[len(prefix) :] for p in self._autokey_paths() if os.path.basename(p).startswith(prefix)
+        ]
 
     def _group_keys(self) -> bool:
         return any(any(f"_{k}_" in os.path.basename(p) for k in GROUP_KEY_KINDS) for p in self._autokey_paths())
@@ -489,16 +523,17 @@ class Translator:
         self.m.obsolete_files = found
         d = self.keysdir or "/etc/ntp"
         if found:
-            self.m.notes.append(f"autokey material now obsolete ({len(found)} file(s) in {d}): remove it once "
-                                "chrony runs with NTS; the `crypto pw` password only protected these files")
+            self.m.notes.append(
+                f"autokey material now obsolete ({len(found)} file(s) in {d}): remove it once "
+                "chrony runs with NTS; the `crypto pw` password only protected these files"
+            )
         else:
             self.m.notes.append(f"no autokey files found in {d}")
 
     # -- directives with a direct translation ----------------------------------------------------------
     def _driftfile(self, line: Line) -> None:
         self.out["misc"].append("driftfile /var/lib/chrony/chrony.drift")
-        self.fate(line, "translated", [self.out["misc"][-1]], "ntpd's drift file format differs: chrony starts "
-                                                              "its own")
+        self.fate(line, "translated", [self.out["misc"][-1]], "ntpd's drift file format differs: chrony starts its own")
 
     def _leapfile(self, line: Line) -> None:
         self.out["misc"].append("leapsectz right/UTC")
@@ -524,8 +559,12 @@ class Translator:
                 skipped.append(f"{k} {v}")
         self.out["misc"] += [m for m in made if m.startswith("minsources")]
         self.out["serve"] += [m for m in made if m.startswith("local")]
-        self.fate(line, "translated" if made else "manual", made,
-                  ("no chrony equivalent: " + ", ".join(skipped)) if skipped else "")
+        self.fate(
+            line,
+            "translated" if made else "manual",
+            made,
+            ("no chrony equivalent: " + ", ".join(skipped)) if skipped else "",
+        )
 
     def _nts(self, line: Line) -> None:
         word = line.args[0] if line.args else ""
@@ -538,11 +577,18 @@ class Translator:
 
     # -- output -----------------------------------------------------------------------------------------
     def render(self) -> str:
-        head = [f"# chrony.conf made by `ntspki migrate` from {self.m.source}",
-                "# Review it, then install it as /etc/chrony/chrony.conf (Debian) or /etc/chrony.conf."]
+        head = [
+            f"# chrony.conf made by `ntspki migrate` from {self.m.source}",
+            "# Review it, then install it as /etc/chrony/chrony.conf (Debian) or /etc/chrony.conf.",
+        ]
         body: list[str] = []
-        for section, title in (("sources", "time sources"), ("trust", "who NTS sources must be certified by"),
-                               ("serve", "serving time"), ("access", "who may ask"), ("misc", "other")):
+        for section, title in (
+            ("sources", "time sources"),
+            ("trust", "who NTS sources must be certified by"),
+            ("serve", "serving time"),
+            ("access", "who may ask"),
+            ("misc", "other"),
+        ):
             lines = list(dict.fromkeys(self.out[section]))
             if lines:
                 body += ["", f"# {title}"] + lines
@@ -554,8 +600,9 @@ class Translator:
         return "\n".join(head + body) + "\n"
 
 
-def migrate(path: str, *, probe: bool = False, ca_files=(), timeout: float = 5.0,
-            hostname: str | None = None) -> Migration:
+def migrate(
+    path: str, *, probe: bool = False, ca_files=(), timeout: float = 5.0, hostname: str | None = None
+) -> Migration:
     lines, files = read_conf(path)
     results = None
     if probe:
