@@ -27,6 +27,7 @@ COMMANDS = {
     "show": "ntspki.cli.issue:show",
     "probe": "ntspki.cli.probe:probe",
     "check": "ntspki.cli.check:check",
+    "migrate": "ntspki.cli.migrate:migrate",
     "deploy": "ntspki.cli.deploy:deploy",
     "watch": "ntspki.cli.deploy:watch",
     "hook": "ntspki.cli.deploy:hook",

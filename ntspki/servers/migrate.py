@@ -165,10 +165,10 @@ def _read_into(path: str, lines: list[Line], files: list[str], depth: int) -> No
             continue
         name, *args = body.split()
         line = Line(name.lower(), args, path, number, body)
+        lines.append(line)
         if line.name == "includefile" and args:
             target = args[0] if os.path.isabs(args[0]) else os.path.join(os.path.dirname(path), args[0])
             _read_into(target, lines, files, depth + 1)
-        lines.append(line)
 
 
 # ---- translating ------------------------------------------------------------------------------------
@@ -231,9 +231,10 @@ class Translator:
         self.keysdir: str | None = None
         self.crypto_host: str | None = None
         self.nts_server: dict[str, str] = {}  # NTPsec `nts cert/key/ca/cookie ...`
+        self.fates: dict[int, Fate] = {}
 
     def fate(self, line: Line, fate: str, chrony: list[str] | None = None, why: str = "") -> None:
-        self.m.fates.append(Fate(line.where, line.text, fate, chrony or [], why))
+        self.fates[id(line)] = Fate(line.where, line.text, fate, chrony or [], why)
 
     # -- pass 1: facts that other lines depend on (fudge, keysdir, crypto host, nts enable) --------------
     def collect(self) -> None:
@@ -306,6 +307,11 @@ class Translator:
             )
         if "ca" in self.nts_server:
             self.out["trust"].append(f"ntstrustedcerts {self.nts_server['ca']}")
+        # Every input line has exactly one fate, reported in input order.
+        self.m.fates = [
+            self.fates.get(id(line)) or Fate(line.where, line.text, "manual", [], "not understood")
+            for line in self.lines
+        ]
         self.m.chrony_conf = self.render()
         return self.m
 
@@ -347,8 +353,6 @@ class Translator:
         dropped += [f"{k} {values[k]}" for k in sorted(values) if k not in KEPT_VALUES and k not in ("key", "ca")]
         autokey = "autokey" in flags
         why_notes = []
-        if autokey:
-            why_notes.append("was autokey")
         if "key" in values:
             why_notes.append(f"symmetric key {values['key']} dropped (NTS authenticates instead)")
         if dropped:
@@ -469,7 +473,7 @@ class Translator:
         )
 
     def _server_name(self) -> str:
-        for candidate in (self.crypto_host, *self._autokey_hosts(), *self._cert_names()[:1], self.hostname):
+        for candidate in (self.crypto_host, *self._cert_names()[:1], self.hostname, *self._autokey_hosts()):
             if candidate:
                 try:
                     return names.normalize_dns_name(candidate)
@@ -545,6 +549,32 @@ class Translator:
 
     _statsdir = _logfile
 
+    def _statistics(self, line: Line) -> None:
+        self.out["misc"] += ["logdir /var/log/chrony", "log measurements statistics tracking"]
+        self.fate(line, "translated", self.out["misc"][-2:], "chrony's own statistics logs")
+
+    def _filegen(self, line: Line) -> None:
+        self.fate(line, "obsolete", why="chrony writes one file per log in logdir: rotate them with logrotate")
+
+    def _tinker(self, line: Line) -> None:
+        if line.args[:1] == ["panic"]:
+            self.fate(
+                line,
+                "translated",
+                ["makestep 1 3"],
+                "chrony steps the clock on large offsets at start (makestep) instead of ntpd's panic threshold",
+            )
+        else:
+            self.fate(line, "manual", why="ntpd loop tuning with no chrony equivalent")
+
+    def _disable(self, line: Line) -> None:
+        if set(line.args) <= {"monitor", "stats", "kernel"}:
+            self.fate(line, "obsolete", why="ntpd internals (monitor, stats, kernel discipline) chrony does not have")
+        else:
+            self.fate(line, "manual", why="ntpd feature switch with no chrony equivalent")
+
+    _enable = _disable
+
     def _tos(self, line: Line) -> None:
         args = line.args
         made, skipped = [], []
@@ -592,7 +622,7 @@ class Translator:
             lines = list(dict.fromkeys(self.out[section]))
             if lines:
                 body += ["", f"# {title}"] + lines
-        manual = self.m.manual
+        manual = [f for f in self.m.fates if f.fate == "manual"]
         if manual:
             body += ["", "# Not translated (see `ntspki migrate` output):"]
             body += [f"#   {f.where}: {f.directive}" for f in manual]
