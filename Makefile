@@ -3,9 +3,12 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux mount systemd procps openssh-server openssh-client iproute2
+DEBS   := chrony gnutls-bin openssl pebble certbot man-db util-linux mount systemd procps openssh-server openssh-client iproute2 libbsd0 libcap2
+# NTPsec for the tests: its package conflicts with chrony, so its .deb is fetched and extracted here
+# (never installed); ntpd runs as user ntp, which only the package's postinst would create.
+NTPSEC_DIR ?= /var/cache/ntspki/ntpsec
 
-.PHONY: demo test lint debs venv bench clean install uninstall
+.PHONY: demo test lint debs ntpsec venv bench clean install uninstall
 
 debs:
 	@missing=""; for p in $(DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -14,6 +17,16 @@ debs:
 	  echo "installing Debian packages:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+
+ntpsec: $(NTPSEC_DIR)/root/usr/sbin/ntpd
+	@getent passwd ntp >/dev/null || useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin ntp
+
+$(NTPSEC_DIR)/root/usr/sbin/ntpd:
+	mkdir -p $(NTPSEC_DIR)
+	cd $(NTPSEC_DIR) && rm -f ntpsec_*.deb && (apt-get download ntpsec 2>/dev/null || (apt-get update -qq && apt-get download ntpsec))
+	rm -rf $(NTPSEC_DIR)/root && dpkg-deb -x $(NTPSEC_DIR)/ntpsec_*.deb $(NTPSEC_DIR)/root
+	chmod -R go+rX $(NTPSEC_DIR)
+	touch $@
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,7 +38,7 @@ venv: $(PY)
 demo: debs venv
 	$(VENV)/bin/ntspki demo --dir ./demo
 
-test: debs venv lint
+test: debs ntpsec venv lint
 	$(PY) -m pytest -q
 
 # ruff (lint + format check) and mypy over the product; CI fails on any finding.

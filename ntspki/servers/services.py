@@ -1,7 +1,9 @@
 """How each NTS server picks up a new key and certificate.
 
     chrony   never re-reads its files: restart (`systemctl restart chrony`). SIGHUP makes it exit.
-    ntpsec   re-reads when the cert file changed, on SIGHUP: write key, then cert, then HUP.
+    ntpsec   re-reads when the cert file changed, on SIGHUP: write key, then cert, then HUP. But
+             OpenSSL keeps one certificate per key type: after a HUP with a pair of another key type
+             the old certificate is still served (seen with 1.2.2), so a key-type change needs a restart.
     ntpd-rs  reads once at start: restart.
 
 A `Service` says what to do; `action_command` turns that into the argv that does it on this host:
@@ -31,6 +33,7 @@ class Service:
     key_types: tuple[str, ...]  # key types (ntspki.pki.keys.key_type_of) the server loads
     conf_files: tuple[str, ...] = ()
     default_dir: str = "/etc/chrony/nts"  # where the default destinations go
+    reload_keeps_other_key_types: bool = False  # a reload adds a pair of a new key type beside the old
 
     def user(self) -> str:
         """The first of `users` that exists on this host (`_chrony` on Debian, `chrony` on RHEL);
@@ -67,6 +70,7 @@ SERVICES = {
         _COMMON_KEYS,
         ("/etc/ntpsec/ntp.conf", "/etc/ntp.conf"),
         "/etc/ntpsec/nts",
+        reload_keeps_other_key_types=True,
     ),
     "ntpd-rs": Service(
         "ntpd-rs",
@@ -85,6 +89,14 @@ def get(name: str) -> Service:
         return SERVICES[name]
     except KeyError:
         raise NtspkiError(f"unknown service {name!r} (choose from {', '.join(SERVICES)})", 2)
+
+
+def needs_restart(service: Service, old_key_type: str | None, new_key_type: str) -> bool:
+    """Whether loading a pair of `new_key_type` over one of `old_key_type` takes a restart even
+    for a server that reloads (NTPsec would keep serving the old certificate beside the new one)."""
+    if service.action == "restart":
+        return True
+    return service.reload_keeps_other_key_types and old_key_type is not None and old_key_type != new_key_type
 
 
 def parse_command(value) -> list[str] | None:
