@@ -182,6 +182,11 @@ def _reader(target: Target) -> access.Reader:
     """Who the server reads its files as (root, who reads anything, when none of the service's
     users exists here)."""
     user = target.server_user or target.service.user()
+    if user.isdigit() and target.group.isdigit():
+        # A container's uid: its groups are unknown here, except a numeric target group, which is
+        # how a container's gid is given (examples/docker/deploy.toml).
+        gid = int(target.group)
+        return access.Reader(user, int(user), gid, frozenset({gid}))
     try:
         return access.Reader.named(user)
     except access.UnknownUser:

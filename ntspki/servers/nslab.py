@@ -16,12 +16,13 @@ container runs it. Neither can touch the system clock.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -50,7 +51,7 @@ class Netns:
     def __init__(self, name: str, index: int):
         if not 0 <= index < 63:
             raise ValueError("index must be 0-62")
-        self.name = name
+        self.name, self.index = name, index
         self.address = f"{SUBNET}.{4 * index + 1}"
         self.host_address = f"{SUBNET}.{4 * index + 2}"
         self.veth = f"{name[:11]}-h"
@@ -226,63 +227,69 @@ class NtpsecServer:
 # ---- chronyd as a container runs it ------------------------------------------------------------------
 
 
+DEFAULT_CONTAINER_CONF = """ntsserverkey /etc/chrony/nts/ntpserver.key
+ntsservercert /etc/chrony/nts/ntpserver.crt
+ntsdumpdir /var/lib/chrony
+allow all
+"""
+LAB_CONTAINER_LINES = (
+    "local stratum 8\ncmdport 0\nbindcmdaddress /var/lib/chrony/chronyd.sock\npidfile /var/lib/chrony/chronyd.pid\n"
+)
+
+
 class ContainerChrony:
     """chronyd in fresh mount, PID and network namespaces ("the container"), as user `user` with
     uid/gid `uid` that exists only in the /etc/passwd and /etc/group bind-mounted inside.
 
-    Inside, the host's `deploy_dir` is /etc/chrony/nts (read-only) and `volume` is /var/lib/chrony
-    (ntsdumpdir): the layout of examples/docker/. `restart_command()` is the stand-in for
-    `docker restart ntp`."""
+    Inside, the host's `deploy_dir` is /etc/chrony/nts (read-only) and `workdir/volume` is
+    /var/lib/chrony (ntsdumpdir): the layout of examples/docker/. `restart_command()` is the
+    stand-in for `docker restart ntp`; everything it needs is in `workdir/container.json`."""
 
-    def __init__(
-        self,
-        deploy_dir: Path,
-        netns: Netns,
-        workdir: Path,
-        uid: int,
-        user: str = "chrony",
-        key_name: str = "ntpserver.key",
-        cert_name: str = "ntpserver.crt",
-    ):
+    def __init__(self, deploy_dir: Path | str, netns: Netns, workdir: Path | str, uid: int, user: str = "_chrony",
+                 conf_text: str | None = None):  # fmt: skip
         self.deploy_dir, self.netns, self.workdir = Path(deploy_dir), netns, Path(workdir)
         self.uid, self.user = uid, user
-        self.workdir.mkdir(parents=True, exist_ok=True)
+        # The container's chrony.conf, plus what a lab needs: no upstream, no shared command socket.
+        self.conf_text = (conf_text or DEFAULT_CONTAINER_CONF) + LAB_CONTAINER_LINES
         self.volume = self.workdir / "volume"
-        self.volume.mkdir(exist_ok=True)
-        os.chown(self.volume, uid, uid)
         self.etc = self.workdir / "etc"
+        self.conf_path = self.etc / "chrony.conf"
+        self.log_path = self.workdir / "chronyd.log"
+        self.pid_path = self.workdir / "unshare.pid"
+
+    def prepare(self) -> ContainerChrony:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.workdir.chmod(0o755)
+        self.volume.mkdir(exist_ok=True)
+        os.chown(self.volume, self.uid, self.uid)
+        self.volume.chmod(0o750)  # chronyd refuses a world-readable socket directory
         self.etc.mkdir(exist_ok=True)
         (self.etc / "passwd").write_text(
-            f"root:x:0:0:root:/root:/bin/sh\n{user}:x:{uid}:{uid}:chrony:/var/lib/chrony:/usr/sbin/nologin\n"
+            f"root:x:0:0:root:/root:/bin/sh\n{self.user}:x:{self.uid}:{self.uid}::/var/lib/chrony:/usr/sbin/nologin\n"
         )
-        (self.etc / "group").write_text(f"root:x:0:\n{user}:x:{uid}:\n")
-        self.conf_path = self.etc / "chrony.conf"
-        self.conf_path.write_text(
-            "\n".join(
-                [
-                    f"ntsserverkey /etc/chrony/nts/{key_name}",
-                    f"ntsservercert /etc/chrony/nts/{cert_name}",
-                    "ntsdumpdir /var/lib/chrony",
-                    "allow all",
-                    "local stratum 8",
-                    "cmdport 0",
-                    "bindcmdaddress /var/lib/chrony/chronyd.sock",
-                ]
-            )
-            + "\n"
-        )
-        self.log_path = self.workdir / "chronyd.log"
-        self.proc: subprocess.Popen | None = None
+        (self.etc / "group").write_text(f"root:x:0:\n{self.user}:x:{self.uid}:\n")
+        self.conf_path.write_text(self.conf_text)
+        state = {"deploy_dir": str(self.deploy_dir), "netns": self.netns.name, "index": self.netns.index,
+                 "uid": self.uid, "user": self.user}  # fmt: skip
+        (self.workdir / "container.json").write_text(json.dumps(state))
+        return self
+
+    @classmethod
+    def existing(cls, workdir: Path | str) -> ContainerChrony:
+        state = json.loads((Path(workdir) / "container.json").read_text())
+        server = cls(state["deploy_dir"], Netns(state["netns"], state["index"]), workdir, state["uid"], state["user"])
+        server.conf_text = server.conf_path.read_text()
+        return server
 
     def _script(self) -> str:
-        """Run inside the new namespaces: private mounts, then chronyd in the foreground as PID 1's child."""
+        """Run inside the new namespaces: private mounts, then chronyd in the foreground (PID 1)."""
         q = shlex.quote
         return " && ".join(
             [
                 "mount --make-rprivate /",
                 f"mount --bind {q(str(self.etc / 'passwd'))} /etc/passwd",
                 f"mount --bind {q(str(self.etc / 'group'))} /etc/group",
-                "mount -t tmpfs tmpfs /etc/chrony",
+                "mount -t tmpfs -o mode=0755 tmpfs /etc/chrony",
                 "mkdir /etc/chrony/nts",
                 f"mount --bind -o ro {q(str(self.deploy_dir))} /etc/chrony/nts",
                 f"mount --bind {q(str(self.volume))} /var/lib/chrony",
@@ -290,19 +297,62 @@ class ContainerChrony:
             ]
         )
 
+    @property
+    def pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def running(self) -> bool:
+        pid = self.pid
+        return pid is not None and lab._alive(pid)
+
     def start(self, timeout: float = 15.0) -> ContainerChrony:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            self.netns.cmd(["unshare", "--mount", "--pid", "--fork", "--mount-proc", "sh", "-c", self._script()]),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        wait_port(
-            self.netns.address, 4460, timeout, lambda: self.proc is not None and self.proc.poll() is None, self.log
-        )
+        with open(self.log_path, "ab") as log:
+            proc = subprocess.Popen(
+                self.netns.cmd(["unshare", "--mount", "--pid", "--fork", "--kill-child=SIGTERM", "--mount-proc",
+                                "sh", "-c", self._script()]),
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
+            )  # fmt: skip
+        self.pid_path.write_text(str(proc.pid))
+        wait_port(self.netns.address, 4460, timeout, lambda: proc.poll() is None, self.log)
         return self
+
+    def init_pid(self) -> int | None:
+        """The container's PID 1 (chronyd), as the host sees it: unshare's only child."""
+        pid = self.pid
+        try:
+            with open(f"/proc/{pid}/task/{pid}/children") as f:
+                children = f.read().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Like `docker stop`: SIGTERM to the container's init; when it exits the kernel ends the
+        PID namespace and unshare exits. (unshare ignores SIGTERM, and chronyd's parent-death signal
+        is cleared when it drops root, so signalling unshare would leave chronyd running.)"""
+        pid = self.pid
+        if pid is None:
+            return
+        _stop_pid(self.init_pid(), b"chronyd", timeout)
+        _stop_pid(pid, b"unshare", timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:  # the port closes when chronyd has gone
+            try:
+                socket.create_connection((self.netns.address, 4460), timeout=0.2).close()
+                time.sleep(0.05)
+            except OSError:
+                return
+
+    def restart(self) -> ContainerChrony:
+        self.stop()
+        return self.start()
+
+    def restart_command(self) -> str:
+        """The stand-in for `docker restart ntp`."""
+        return f"{shlex.quote(sys.executable)} -m ntspki.servers.nslab restart {shlex.quote(str(self.workdir))}"
 
     def log(self) -> str:
         try:
@@ -310,15 +360,30 @@ class ContainerChrony:
         except OSError:
             return ""
 
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.terminate()  # unshare forwards it to the namespace's init, chronyd exits with it
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout)
-
     def credentials_failed(self) -> bool:
         return "Could not set credentials" in self.log()
+
+    def __enter__(self) -> ContainerChrony:
+        return self.prepare().start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def _main(argv=None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m ntspki.servers.nslab")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("restart", help="restart the container stand-in in WORKDIR").add_argument("workdir")
+    args = parser.parse_args(argv)
+    try:
+        ContainerChrony.existing(args.workdir).restart()
+    except (OSError, RuntimeError, ValueError, subprocess.SubprocessError) as e:
+        print(f"restart failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())
