@@ -28,6 +28,7 @@ COMMANDS = {
     "probe": "ntspki.cli.probe:probe",
     "check": "ntspki.cli.check:check",
     "migrate": "ntspki.cli.migrate:migrate",
+    "completion": "ntspki.cli.completion:completion",
     "deploy": "ntspki.cli.deploy:deploy",
     "watch": "ntspki.cli.deploy:watch",
     "hook": "ntspki.cli.deploy:hook",
