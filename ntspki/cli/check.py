@@ -101,7 +101,8 @@ def check(
     ctx, conf, ca_files, trust, trust_bundle, user, warn_days, critical_days, do_probe, timeout, verbose, as_json, prom
 ):
     """Audit chrony's NTS server and client configuration: certificate chains, keys, permissions as
-    chronyd's user sees them, ntsdumpdir, trust for NTS sources and (with --probe) what is served.
+    chronyd's user sees them, ntsdumpdir, unauthenticated or too few sources, ntstrustedcerts files,
+    chronyd's own parser as a second opinion, and (with --probe) what is served.
 
     Exits 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN (monitoring plugin convention; a usage error or an
     unreadable input is UNKNOWN).
