@@ -197,6 +197,8 @@ def test_probe_problems_are_unknown_never_critical_usage(workdir, site):
         ["--warn-days", "3", "--critical-days", "9"],
         ["--ca", "/nonexistent/root.pem", "--chrony-conf", "/etc/chrony/chrony.conf"],
         ["--chrony-conf", "/nonexistent/chrony.conf"],
+        ["--chrony-conf", "/dev/zero"],
+        ["--chrony-conf", "/tmp"],
         ["extra-argument"],
     ],
 )

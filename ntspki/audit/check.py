@@ -986,7 +986,10 @@ def check(
             probe_mod.trust_store(ca_files)
         except NtspkiError as e:
             raise NtspkiError(str(e), 3)
-    conf = chronyconf.parse(conf_path)
+    path = str(conf_path or chronyconf.default_path())
+    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or device would never end
+        raise NtspkiError(f"cannot read {path}: not a regular file", 3)
+    conf = chronyconf.parse(path)
     name = user or conf.value("user") or services.get("chrony").user()
     try:
         who = access.Reader.named(name)
