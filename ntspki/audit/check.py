@@ -987,7 +987,7 @@ def check(
         except NtspkiError as e:
             raise NtspkiError(str(e), 3)
     path = str(conf_path or chronyconf.default_path())
-    if os.path.exists(path) and not os.path.isfile(path):  # a FIFO or device would never end
+    if os.path.exists(path) and not os.path.isfile(path) and path != os.devnull:  # a FIFO or device never ends
         raise NtspkiError(f"cannot read {path}: not a regular file", 3)
     conf = chronyconf.parse(path)
     name = user or conf.value("user") or services.get("chrony").user()
