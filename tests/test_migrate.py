@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from ntspki.audit import migrate
 from ntspki.issuing import issue
-from ntspki.servers import lab, migrate, nslab
+from ntspki.servers import lab, nslab
 from tests.conftest import make_site, run_cli
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ntpconf"

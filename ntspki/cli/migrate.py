@@ -47,7 +47,7 @@ def migrate(ntp_conf, do_probe, ca_files, timeout, out_dir, hostname, as_json):
     and the ntspki commands that make its certificate. Every input line is accounted for: translated,
     obsolete (autokey material NTS replaces) or MANUAL (no equivalent: listed, never dropped).
     """
-    from ntspki.servers import migrate as migrate_mod
+    from ntspki.audit import migrate as migrate_mod
 
     m = migrate_mod.migrate(ntp_conf, probe=do_probe, ca_files=ca_files, timeout=timeout, hostname=hostname)
     written = migrate_mod.write_out(m, out_dir) if out_dir else []

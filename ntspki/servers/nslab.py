@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+from ntspki.nts import NTP_PORT, NTSKE_PORT
 from ntspki.servers import lab
 
 NTPSEC_ROOT = Path(os.environ.get("NTSPKI_NTPSEC_ROOT", "/var/cache/ntspki/ntpsec/root"))
@@ -187,7 +188,7 @@ class NtpsecServer:
         deadline = time.monotonic() + timeout
         while self.pid is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        wait_port(self.netns.address, 4460, max(1.0, deadline - time.monotonic()), self.running, self.log)
+        wait_port(self.netns.address, NTSKE_PORT, max(1.0, deadline - time.monotonic()), self.running, self.log)
         self.wait_serving(max(1.0, deadline - time.monotonic()))
         return self
 
@@ -198,7 +199,7 @@ class NtpsecServer:
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                 s.settimeout(0.3)
                 try:
-                    s.sendto(b"\x23" + bytes(47), (self.netns.address, 123))  # NTPv4 client request
+                    s.sendto(b"\x23" + bytes(47), (self.netns.address, NTP_PORT))  # NTPv4 client request
                     if 0 < s.recv(512)[1] < 16:
                         return
                 except OSError:
@@ -316,7 +317,7 @@ class ContainerChrony:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             )  # fmt: skip
         self.pid_path.write_text(str(proc.pid))
-        wait_port(self.netns.address, 4460, timeout, lambda: proc.poll() is None, self.log)
+        wait_port(self.netns.address, NTSKE_PORT, timeout, lambda: proc.poll() is None, self.log)
         return self
 
     def init_pid(self) -> int | None:
@@ -341,7 +342,7 @@ class ContainerChrony:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:  # the port closes when chronyd has gone
             try:
-                socket.create_connection((self.netns.address, 4460), timeout=0.2).close()
+                socket.create_connection((self.netns.address, NTSKE_PORT), timeout=0.2).close()
                 time.sleep(0.05)
             except OSError:
                 return

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ntspki.errors import NtspkiError
+from ntspki.nts import NTSKE_PORT
 from ntspki.pki import names
 
 MAX_CONF_BYTES = 1 << 20
@@ -384,7 +385,7 @@ class Translator:
             nts, why = True, "already NTS in NTPsec"
         else:
             nts, why = True, "not probed: run `ntspki migrate --probe` to keep `nts` only where NTS-KE answers"
-        nts_opts = " nts" + certset + (f" ntsport {ntsport}" if ntsport and ntsport != "4460" else "")
+        nts_opts = " nts" + certset + (f" ntsport {ntsport}" if ntsport and int(ntsport) != NTSKE_PORT else "")
         text = f"{kind} {host} {' '.join(kept)}{nts_opts if nts else ''}"
         self.out["sources"].append(text)
         self.m.upstreams.append(Upstream(kind, host, line.where, nts, why, autokey, probe_results is not None, text))
@@ -657,7 +658,7 @@ def probe_upstreams(lines: list[Line], ca_files, timeout: float) -> dict[str, tu
     def one(host: str) -> tuple[bool, str]:
         target = f"[{host}]" if ":" in host else host
         try:
-            r = probe_mod.probe(target, timeout=timeout, trust=trust)
+            r = probe_mod.probe(target, timeout=timeout, trust=trust, default_port=NTSKE_PORT)
         except NtspkiError as e:
             return False, str(e)
         return (True, f"stratum {r.stratum}") if r.ok else (False, r.error or "failed")
