@@ -38,7 +38,7 @@ def _bash_complete(words: str) -> list[str]:
 
 def test_bash_completes_commands_options_and_choices():
     assert _bash_complete("ntspki mig") == ["migrate"]
-    assert set(_bash_complete("ntspki c")) == {"ca", "check", "completion"}
+    assert set(_bash_complete("ntspki c")) == {"ca", "check", "completion", "csr"}
     assert set(_bash_complete("ntspki check --pr")) == {"--probe", "--prometheus"}
     assert _bash_complete("ntspki completion f") == ["fish"]
 
