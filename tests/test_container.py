@@ -53,7 +53,7 @@ def test_container_reads_a_key_only_its_uid_may_read(netns, workdir):
     assert UID not in {p.pw_uid for p in pwd.getpwall()}
     addr = netns.address
     site = make_site(workdir / "home")
-    issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], "ec-p256")
+    issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], "ec-p256", allow_change=True)
     deploy_dir = workdir / "ntp" / "nts"
     deploy_dir.mkdir(parents=True)
     container = nslab.ContainerChrony(deploy_dir, netns, workdir / "container", UID, conf_text=example_conf()).prepare()
@@ -73,7 +73,7 @@ def test_container_reads_a_key_only_its_uid_may_read(netns, workdir):
         assert lab.chrony_client(addr, 123, 4460, site.root, timeout=5).ok
         first_pid = container.pid
 
-        renewed = issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], "ec-p256")
+        renewed = issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], "ec-p256", allow_change=True)
         proc = run_cli("deploy", "--all", "--config", config, home=site.home.path)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         assert container.pid != first_pid  # "docker restart ntp" ran
@@ -89,7 +89,7 @@ def test_container_without_its_group_cannot_read_the_key(netns, workdir):
     not in. chronyd inside says "Could not set credentials"; deploy notices and rolls back."""
     addr = netns.address
     site = make_site(workdir / "home")
-    issue.issue(site.home, "ntpserver", [addr], "ec-p256")
+    issue.issue(site.home, "ntpserver", [addr], "ec-p256", allow_change=True)
     deploy_dir = workdir / "ntp" / "nts"
     deploy_dir.mkdir(parents=True)
     container = nslab.ContainerChrony(deploy_dir, netns, workdir / "container", UID, conf_text=example_conf()).prepare()

@@ -125,7 +125,7 @@ def test_probe_keeps_nts_only_where_nts_ke_answers(workdir):
     """A real chronyd NTS server (in a namespace, standard ports) and two upstreams without NTS."""
     with nslab.Netns("servers-mig", 4) as ns:
         site = make_site(workdir / "home")
-        issue.issue(site.home, "ntpserver", [ns.address], "ec-p256")
+        issue.issue(site.home, "ntpserver", [ns.address], "ec-p256", allow_change=True)
         deploy_dir = workdir / "nts"
         deploy_dir.mkdir()
         deploy_dir.chmod(0o755)

@@ -43,7 +43,7 @@ def _install(site, workdir, sans):
 def test_ntpsec_serves_every_key_type_and_reloads_on_hup(key_type, netns, workdir):
     site = make_site(workdir / "home", leaf_key_type=key_type)
     addr = netns.address
-    issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], key_type=key_type)
+    issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], key_type=key_type, allow_change=True)
     key_path, cert_path = _install(site, workdir, [addr])
     with nslab.NtpsecServer(key_path, cert_path, netns, workdir / "ntpsec") as server:
         log = server.log()
@@ -58,7 +58,7 @@ def test_ntpsec_serves_every_key_type_and_reloads_on_hup(key_type, netns, workdi
         assert by_name.ok, by_name.output
 
         pid = server.pid
-        renewed = issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], key_type=key_type)
+        renewed = issue.issue(site.home, "ntpserver", ["ntpserver-ipv6", addr], key_type=key_type, allow_change=True)
         proc = run_cli(
             "deploy", "--lineage", "ntpserver", "--service", "ntpsec",
             "--key", key_path, "--cert", cert_path,
@@ -81,7 +81,7 @@ def test_ntpsec_serves_every_key_type_and_reloads_on_hup(key_type, netns, workdi
 def test_ntpsec_cannot_read_a_root_only_key(netns, workdir, site):
     """NTPsec reads its key as user ntp (here for real, not as root): root:root 0600 fails."""
     addr = netns.address
-    issue.issue(site.home, "ntpserver", [addr], key_type="ec-p256")
+    issue.issue(site.home, "ntpserver", [addr], key_type="ec-p256", allow_change=True)
     key_path, cert_path = _install(site, workdir, [addr])
     key_path.chmod(0o600)
     os.chown(key_path, 0, 0)
@@ -101,10 +101,10 @@ def test_ntpsec_hup_keeps_serving_the_old_key_type(netns, workdir):
     handed to clients that prefer ECDSA."""
     site = make_site(workdir / "home")
     addr = netns.address
-    old = issue.issue(site.home, "ntpserver", [addr], key_type="ec-p256")
+    old = issue.issue(site.home, "ntpserver", [addr], key_type="ec-p256", allow_change=True)
     key_path, cert_path = _install(site, workdir, [addr])
     with nslab.NtpsecServer(key_path, cert_path, netns, workdir / "ntpsec") as server:
-        issue.issue(site.home, "ntpserver", [addr], key_type="ed25519")
+        issue.issue(site.home, "ntpserver", [addr], key_type="ed25519", allow_change=True)
         _install(site, workdir, [addr])
         assert services.needs_restart(services.get("ntpsec"), "ec-p256", "ed25519")
         assert not services.needs_restart(services.get("ntpsec"), "ec-p256", "ec-p256")
