@@ -217,3 +217,21 @@ def test_renew_says_a_remote_lineage_needs_the_ca(homes):
     assert (dry["due"], dry["needs_ca"]) == (False, False)
     ca_run = json.loads(run_cli("renew", "--force", "--no-deploy", "--json", home=ca_home, check=True).stdout)
     assert [(r["name"], r["renewed"]) for r in ca_run["lineages"]] == [("ca.fleet.test", True)]
+
+
+def test_install_trusts_both_roots_during_a_rollover(homes):
+    """Mid-rollover a server's home trusts both roots (ca/trust.pem): a chain from the new CA installs
+    without --root, while a home that knows only the old root refuses it."""
+    old_ca, server, tmp = homes
+    new_ca = Home(tmp / "new-ca")
+    ca.create(new_ca, passphrase=None, permit_dns=["fleet.test"])
+    req = run_cli("csr", NAME, home=server, check=True).stdout
+    chain = run_cli("sign", "-", home=new_ca.path, input=req, check=True).stdout
+    (server / "ca").mkdir(mode=0o755, exist_ok=True)
+    (server / "ca" / "root.pem").write_bytes((old_ca / "ca" / "root.pem").read_bytes())
+    assert "verif" in _one_line_error(run_cli("install", NAME, "--cert", "-", home=server, input=chain))
+    (server / "ca" / "trust.pem").write_bytes(
+        (old_ca / "ca" / "root.pem").read_bytes() + (new_ca.ca_dir / "root.pem").read_bytes()
+    )
+    done = json.loads(run_cli("install", NAME, "--cert", "-", "--json", home=server, input=chain, check=True).stdout)
+    assert (done["version"], done["changed"]) == (1, True)

@@ -128,7 +128,7 @@ def sign(ctx, csr_file, days, out, as_json):
     "root_file",
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="The site root to verify it to (default: HOME/ca/root.pem).",
+    help="The site roots to verify it to (default: HOME/ca/trust.pem, else HOME/ca/root.pem).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context

@@ -228,7 +228,8 @@ def install(
     chain = [c for c in verify.load_chain(chain_pem, what) if not pki.is_self_signed(c)]  # never the root
     if not chain:
         raise NtspkiError(f"{what} holds only a self-signed certificate (give the leaf and its intermediates)")
-    root_path = Path(root_file) if root_file else home.ca_dir / "root.pem"
+    # the roots clients trust now: both during a root rollover, so a chain from either installs
+    root_path = Path(root_file) if root_file else home.trust_path
     try:
         roots = pki.load_certs(root_path.read_bytes(), str(root_path))
     except FileNotFoundError:
