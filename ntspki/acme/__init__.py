@@ -1,6 +1,6 @@
 """An ACME (RFC 8555) client over the `acme` package's ClientV2: accounts, challenge solvers,
 orders, ACME Renewal Information: `connection`, `accounts`, `solvers`, and `acmeclient` (ordering, ARI).
 
-Layer: domain + network. May import `pki`, `store` and `errors`; never `cli`, `deploy` or
-`issuing` beyond the request/result types. Imported only by commands that talk ACME (heavy).
+Layer: domain + network. May import `pki`, `store` (the request/result types are
+`store.identity`'s) and `errors`; never `cli`, `deploy` or `issuing`. Imported only by commands that talk ACME (heavy).
 """

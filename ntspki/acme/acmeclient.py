@@ -40,9 +40,9 @@ from ntspki.acme.connection import (
 )
 from ntspki.acme.solvers import Challenge, Solver
 from ntspki.errors import NtspkiError
-from ntspki.issuing.issue import Issued, Request, keep_identity
 from ntspki.pki import keys, names, verify
 from ntspki.store import Home
+from ntspki.store.identity import Issued, Request, keep_identity
 
 
 @dataclass

@@ -3,7 +3,8 @@ only imported when run (hooks and timers call this CLI, so start-up must stay li
 watchdog or OpenSSL unless the command needs them).
 
 Layer: top. Commands parse options, call one plain module (issuing, deploy, nts, audit, ...) and
-print; no logic of their own. Nothing below imports `cli`.
+print; no logic of their own. Nothing below imports `cli`. `logsetup`: where the
+long-running and hook-run commands (deploy, watch) send progress and problems.
 """
 
 from __future__ import annotations

@@ -127,8 +127,9 @@ def deploy(ctx, names, all_, sources, config, dry_run, force, recover, as_json, 
     import logging
 
     from ntspki import deploy as engine
+    from ntspki.cli.logsetup import configure_logging
 
-    engine.configure_logging("ntspki deploy", logging.WARNING if quiet else logging.INFO, not as_json)
+    configure_logging("ntspki deploy", logging.WARNING if quiet else logging.INFO, not as_json)
     logging.getLogger("ntspki.deploy.result").disabled = True  # each result is printed once, below
     targets, why_none = _targets(ctx, names, all_, sources, config, oneoff)
     if not targets:
@@ -182,10 +183,11 @@ def watch(ctx, config, poll, poll_interval, debounce):
     from pathlib import Path
 
     from ntspki import deploy as engine
+    from ntspki.cli.logsetup import configure_logging
     from ntspki.deploy.deployconfig import default_config_path
     from ntspki.deploy.watch import Watcher
 
-    engine.configure_logging("ntspki watch")
+    configure_logging("ntspki watch")
     home = get_home(ctx)
     config_path = Path(config) if config else None
 

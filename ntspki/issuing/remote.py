@@ -26,9 +26,9 @@ from cryptography.x509.oid import ExtensionOID, NameOID
 from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
-from ntspki.issuing.issue import Request
 from ntspki.pki import keys, names, verify
 from ntspki.store import Home, check_lineage_name, fsutil, ledger
+from ntspki.store.identity import Request
 
 SOURCE = "remote"  # renewal/NAME.json and ledger source: the key lives on another host
 

@@ -1,8 +1,9 @@
-"""NTS itself (RFC 8915): the NTS-KE record codec and TLS client (`ntske`), and the probe that
-does NTS-KE plus one authenticated NTP exchange (`probe`).
+"""NTS itself (RFC 8915): the NTS-KE record codec (`records`), the NTS-KE TLS client
+(`keclient`), one NTS-protected NTP exchange (`ntp`), `ntske` as the one import of all three, and
+the probe that does NTS-KE plus one authenticated NTP exchange (`probe`).
 
 Layer: domain + network. May import `pki` and `errors`; never `store`, `deploy` or `cli`.
-pyOpenSSL is imported by `ntske` (TLS exporter), so only commands that probe import that module;
+pyOpenSSL is imported by `keclient` (TLS exporter, through `ntske`), so only commands that probe import that module;
 this file stays light: the protocol's ports live here for every layer to import.
 """
 

@@ -22,6 +22,12 @@ an explicit RFC 5280 policy over cryptography's primitives, tightened as the Web
 
 Every refusal is a ChainError whose `rule` says which rule failed (callers branch on it, never on the
 text) and whose message names the certificate, the rule and the name involved.
+
+Why one file over ~400 lines: this is a security policy, and a reviewer must be able to see all of
+it at once: the path search, the per-certificate rules and the name matcher depend on each other
+(name constraints are checked against the names the matcher accepts; the search relies on every rule
+being applied to each candidate). Split, a rule could be skipped by one path without any single file
+showing it.
 """
 
 from __future__ import annotations

@@ -9,7 +9,9 @@
     HOME/renewal/NAME.json            how to make the next version (internal or ACME)
     HOME/ledger.sqlite3, HOME/.lock
 
-Also here: the one atomic writer and lock (`fsutil`) and the SQLite ledger (`ledger`).
+Also here: the one atomic writer and lock (`fsutil`), the SQLite ledger (`ledger`), the access model
+(`access`) and a lineage's identity (`identity`: the request, what stays across versions, the
+result of an issuance, shared by the site CA's issuer and the ACME client).
 Layer: bottom (storage). May import `pki` (to read what it stores) and `errors`; never `cli`,
 `deploy` or `issuing`.
 """

@@ -1,0 +1,382 @@
+"""`check`, server side: each ntsserverkey/ntsservercert pair (the key, the chain, expiry), the
+permissions chronyd's user needs on them, and ntsdumpdir."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import stat
+
+from ntspki.audit.findings import CertState
+from ntspki.audit.probes import ProbeChecks
+from ntspki.errors import NtspkiError
+from ntspki.servers import chronyconf
+from ntspki.store import access
+
+
+class ServerChecks(ProbeChecks):
+    # -- ntsserverkey / ntsservercert -----------------------------------------------------------------
+    def server_side(self) -> None:
+        keys = self.conf.all("ntsserverkey")
+        certs = self.conf.all("ntsservercert")
+        if not keys and not certs:
+            self.add("info", "no-nts-server", "no ntsserverkey/ntsservercert: this chronyd is not an NTS server")
+            return
+        if len(keys) != len(certs):
+            self.add(
+                "critical",
+                "pair-count",
+                f"{len(keys)} ntsserverkey but {len(certs)} ntsservercert directives: chronyd pairs them "
+                "in order and refuses to start when the counts differ",
+                "give one ntsserverkey for every ntsservercert",
+                where=(keys or certs)[0].where,
+            )
+        for d in keys + certs:
+            if not d.args:
+                self.add(
+                    "critical",
+                    "conf-syntax",
+                    f"{d.name} without a file name: chronyd refuses the configuration",
+                    f"fix {d.where}",
+                    where=d.where,
+                )
+                return
+        chains = [self.pair(kd, cd) for kd, cd in zip(keys, certs)]
+        self.dumpdir()
+        if self.do_probe:
+            self.probe_local(list(zip(certs, chains)))
+
+    def pair(self, kd: chronyconf.Directive, cd: chronyconf.Directive) -> list:
+        """Check one ntsserverkey/ntsservercert pair; the chain read from the certificate file."""
+        key_path, cert_path = kd.args[0], cd.args[0]
+        chain = self.cert_file(cert_path, cd.where)
+        key = self.key_file(key_path, kd.where)
+        if key is not None and chain:
+            from ntspki.pki import keys as keys_mod
+
+            if keys_mod.key_matches_cert(key, chain[0]):
+                self.add(
+                    "ok", "key-matches", f"{key_path} is the key of the first certificate in {cert_path}", path=key_path
+                )
+            else:
+                elsewhere = [i + 1 for i, c in enumerate(chain) if keys_mod.key_matches_cert(key, c)]
+                detail = f" (it matches certificate #{elsewhere[0]}: the chain is out of order)" if elsewhere else ""
+                self.add(
+                    "critical",
+                    "key-mismatch",
+                    f"{key_path} is not the key of the first certificate in {cert_path}{detail}: chronyd "
+                    "logs 'The certificate and the given key do not match.' and serves no NTS",
+                    "deploy the key and certificate of the same issuance together",
+                    key_path,
+                    kd.where,
+                )
+        self.permissions(key_path, "key", kd.where)
+        self.permissions(cert_path, "cert", cd.where)
+        return chain
+
+    def cert_file(self, path: str, where: str) -> list:
+        from ntspki import pki
+        from ntspki.pki import verify
+
+        data = self.read(path, "cert", where)
+        if data is None:
+            return []
+        try:
+            chain = verify.load_chain(data, path)
+        except verify.ChainError as e:
+            self.add("critical", "chain-too-long", str(e), "keep only the leaf and its intermediates", path, where)
+            return []
+        except NtspkiError:
+            self.add("critical", "cert-unparsable", f"{path} holds no readable PEM certificate", None, path, where)
+            return []
+        leaf = chain[0]
+        cas = [verify.is_ca(c) for c in chain]
+        ordered = True
+        if cas[0]:
+            ordered = False
+            leaf_at = next((i + 1 for i, ca in enumerate(cas) if not ca), None)
+            where_leaf = f"the leaf is certificate #{leaf_at} of {len(chain)}" if leaf_at else "it holds no leaf"
+            self.add(
+                "critical",
+                "chain-order",
+                f"{path} does not start with the server certificate ({where_leaf}): chronyd pairs the key "
+                "with the first certificate and logs 'The certificate and the given key do not match.'",
+                "write the leaf first, then the intermediates (certbot's fullchain.pem)",
+                path,
+                where,
+            )
+        else:
+            for i in range(len(chain) - 1):
+                if not verify.issued_by(chain[i], chain[i + 1]):
+                    ordered = False
+                    self.add(
+                        "critical",
+                        "chain-order",
+                        f"{path}: certificate #{i + 2} ({chain[i + 1].subject.rfc4514_string()}) did not "
+                        f"issue certificate #{i + 1}: clients cannot build the chain",
+                        "the file must be leaf, then its issuer, then that one's issuer",
+                        path,
+                        where,
+                    )
+                    break
+        if any(pki.is_self_signed(c) for c in chain[1:]):
+            self.add(
+                "warning",
+                "chain-root",
+                f"{path} includes a root certificate: clients must already trust it, so it only adds "
+                "bytes to every handshake",
+                "drop the root (leaf and intermediates only)",
+                path,
+                where,
+            )
+        if ordered:
+            self.local_leaves.append(leaf)
+            try:
+                verify.verify_chain(self.store(), chain)
+            except verify.ChainError as e:
+                self.chain_refused(e, len(chain), path, where)
+            else:
+                self.add("ok", "chain-verifies", f"{path} verifies against {self.trust_text}", path=path)
+        # Out of order, the server certificate is still somewhere in the file: judge that one.
+        leaf = next((c for c, ca in zip(chain, cas) if not ca), leaf)
+        eku = verify.eku_error(leaf)
+        if eku:
+            self.add("critical", "eku", f"{path}: {eku}", "issue a certificate with EKU serverAuth", path, where)
+        if not pki.sans_of(leaf):
+            self.add(
+                "critical",
+                "no-san",
+                f"{path}: the certificate has no DNS or IP subjectAltName: no client can match it",
+                "reissue with the names clients use",
+                path,
+                where,
+            )
+        for i, c in enumerate(chain, 1):
+            self.expiry(c, path, i, where)
+        return chain
+
+    def chain_refused(self, e, length: int, path: str, where: str) -> None:
+        """A finding for the verifier's refusal, unless one below (expiry, eku, no-san) says it for
+        a certificate in the file."""
+        if length == 1 and e.rule == "unknown-issuer":
+            self.add(
+                "critical",
+                "chain-incomplete",
+                f"{path} holds only the server certificate, not its intermediates: clients fail with "
+                "'The certificate issuer is unknown.'",
+                "point ntsservercert at the full chain (leaf then intermediates, e.g. fullchain.pem)",
+                path,
+                where,
+            )
+        elif e.rule in ("eku", "no-san") and e.position == 1 or e.rule in ("expired", "not-yet-valid") and e.position:
+            return
+        else:
+            hint = None if self.ca_files else "for a private CA, give its root with --ca ROOT.pem"
+            self.add("critical", "chain-verify", f"{path}: {e}", hint, path, where)
+
+    def expiry(self, cert, path: str, position: int, where: str) -> None:
+        from ntspki import pki
+
+        now = dt.datetime.now(dt.UTC)
+        subject = cert.subject.rfc4514_string()
+        days = (cert.not_valid_after_utc - now).total_seconds() / 86400
+        self.report.certificates.append(
+            CertState(
+                path, position, subject, pki.fingerprint(cert), cert.not_valid_after_utc.isoformat(), round(days, 3)
+            )
+        )
+        what = "the server certificate" if position == 1 else f"certificate #{position}"
+        label = f"{path}: {what} ({subject})"
+        renew = "renew and redeploy it (ntspki renew / certbot renew, then ntspki deploy)"
+        if cert.not_valid_before_utc > now:
+            self.add(
+                "critical",
+                "not-yet-valid",
+                f"{label} is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC",
+                "check the clocks of this machine and of the CA",
+                path,
+                where,
+            )
+        elif days < 0:
+            self.add(
+                "critical",
+                "expired",
+                f"{label} expired on {cert.not_valid_after_utc:%Y-%m-%d}: every client refuses it",
+                renew,
+                path,
+                where,
+            )
+        elif days < self.critical_days:
+            self.add(
+                "critical",
+                "expiring",
+                f"{label} expires in {days:.1f} days ({cert.not_valid_after_utc:%Y-%m-%d})",
+                renew,
+                path,
+                where,
+            )
+        elif days < self.warn_days:
+            self.add(
+                "warning",
+                "expiring",
+                f"{label} expires in {days:.1f} days ({cert.not_valid_after_utc:%Y-%m-%d})",
+                renew,
+                path,
+                where,
+            )
+        else:
+            self.add("ok", "valid", f"{label} is valid for {int(days)} more days", path=path)
+
+    def key_file(self, path: str, where: str):
+        from ntspki.pki import keys
+
+        data = self.read(path, "key", where)
+        if data is None:
+            return None
+        try:
+            key = keys.load_private_pem(data, what=path)
+        except keys.EncryptedKey:
+            self.add(
+                "critical",
+                "key-encrypted",
+                f"{path} is encrypted: chronyd cannot ask for a passphrase and fails with "
+                "'Could not set credentials : Decryption has failed.'",
+                f"store it unencrypted, readable only by root and {self.who.name}",
+                path,
+                where,
+            )
+            return None
+        except NtspkiError as e:
+            self.add("critical", "key-unparsable", str(e), None, path, where)
+            return None
+        key_type = keys.key_type_of(key)
+        if key_type not in ("ec-p256", "ec-p384", "ed25519") and not key_type.startswith("rsa-"):
+            self.add(
+                "warning",
+                "key-type",
+                f"{path}: {type(key).__name__} keys are not known to load in chronyd",
+                "use EC P-256/P-384, Ed25519 or RSA",
+                path,
+                where,
+            )
+        return key
+
+    # -- permissions, as chronyd's user ------------------------------------------------------------
+    def permissions(self, path: str, what: str, where: str) -> None:
+        if not path or not os.path.isfile(path):
+            return  # missing or not a file: already reported, and no mode makes it right
+        who = self.who
+        blocked = who.blocked_dir(path)
+        if blocked:
+            d, st = blocked
+            self.add(
+                "critical",
+                "dir-untraversable",
+                f"directory {d} ({access.owner_text(st)}) is not searchable by {who.name}, so chronyd cannot "
+                f"reach {path} and fails with 'Could not set credentials : Error while reading file.'",
+                f"keep chronyd's files under /etc/chrony/nts/ (ntspki deploy), or chmod o+x {d}",
+                path,
+                where,
+            )
+            return
+        st = os.stat(path)
+        if not who.may_stat(st, 4):
+            code = "key-unreadable" if what == "key" else "cert-unreadable"
+            self.add(
+                "critical",
+                code,
+                f"{path} ({access.owner_text(st)}) is not readable by {who.name}: chronyd reads it after dropping "
+                "root and fails with 'Could not set credentials : Error while reading file.'",
+                f"chown root:{who.group} {path} && chmod {'0640' if what == 'key' else '0644'} {path}",
+                path,
+                where,
+            )
+        elif what == "key":
+            self.add("ok", "key-readable", f"{path} ({access.owner_text(st)}) is readable by {who.name}", path=path)
+        if what != "key":
+            return
+        mode = stat.S_IMODE(st.st_mode)
+        fix = f"chown root:{who.group} {path} && chmod 0640 {path}"
+        if mode & 0o004:
+            self.add(
+                "critical",
+                "key-exposed",
+                f"{path} ({access.owner_text(st)}) is readable by every user",
+                fix,
+                path,
+                where,
+            )
+        elif mode & 0o040 and st.st_gid not in (0, who.gid):
+            self.add(
+                "warning",
+                "key-group",
+                f"{path} ({access.owner_text(st)}) is readable by group {access.group_name(st.st_gid)}, which is not {who.name}'s",
+                fix,
+                path,
+                where,
+            )
+        if st.st_uid not in (0, who.uid):
+            self.add(
+                "warning",
+                "key-owner",
+                f"{path} is owned by {access.owner_text(st).split(':')[0]}, neither root nor {who.name}: "
+                "that user can replace the key or change who may read it",
+                fix,
+                path,
+                where,
+            )
+        if who.uid != 0 and (who.may_stat(st, 2) or st.st_uid == who.uid):
+            self.add(
+                "warning",
+                "key-writable",
+                f"{path} ({access.owner_text(st)}) can be changed by {who.name}: a compromised chronyd could "
+                "replace its own key (chrony 4.4 and later warn about this)",
+                fix,
+                path,
+                where,
+            )
+
+    def dumpdir(self) -> None:
+        d = self.conf.last("ntsdumpdir")
+        if d is None or not d.args:
+            self.add(
+                "warning",
+                "no-dumpdir",
+                "no ntsdumpdir: every restart of chronyd makes new cookie keys, so every client's cookies "
+                "are refused (NTS NAK) and all clients redo NTS-KE",
+                "add `ntsdumpdir /var/lib/chrony` to chrony.conf",
+            )
+            return
+        path = d.args[0]
+        if os.path.exists(path) and not os.path.isdir(path):
+            self.add(
+                "warning",
+                "dumpdir-not-directory",
+                f"ntsdumpdir {path} is not a directory: chronyd cannot keep its cookie keys across restarts",
+                f"point ntsdumpdir in {d.where} at a directory chronyd's user can write (e.g. /var/lib/chrony)",
+                path,
+                d.where,
+            )
+            return
+        if not os.path.isdir(path):
+            self.add(
+                "warning",
+                "dumpdir-missing",
+                f"ntsdumpdir {path} does not exist: chronyd cannot keep its cookie keys across restarts",
+                f"install -d -m 0750 -o {self.who.name} -g {self.who.group} {path}",
+                path,
+                d.where,
+            )
+            return
+        st = os.stat(path)
+        if self.who.blocked_dir(path) or not self.who.may_stat(st, 2 | 1):
+            self.add(
+                "warning",
+                "dumpdir-unwritable",
+                f"ntsdumpdir {path} ({access.owner_text(st)}) is not writable by {self.who.name}",
+                f"chown {self.who.name}: {path}",
+                path,
+                d.where,
+            )
+            return
+        self.add("ok", "dumpdir", f"ntsdumpdir {path} is writable by {self.who.name}", path=path)

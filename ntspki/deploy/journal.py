@@ -1,0 +1,127 @@
+"""The journalled install: the only code that changes a destination.
+
+Two files cannot be replaced in one atomic step, so between the key rename and the certificate
+rename the destinations hold the new key and the old certificate. Both new files are complete on
+disk (as hidden `.NAME.ntspki-new` files) before a journal file says "install these"; whoever takes
+the lock next (deploy, watcher, certbot hook) finishes the renames first (`recover`). A crash
+before the journal leaves the old pair untouched; after it, the new pair is completed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from ntspki.deploy.deployconfig import Target
+from ntspki.deploy.source import Pair
+from ntspki.deploy.steps import step
+from ntspki.store import fsutil
+
+log = logging.getLogger("ntspki.deploy")
+
+
+def _staged(path: Path) -> Path:
+    return path.parent / f".{path.name}.ntspki-new"
+
+
+def _previous(path: Path) -> Path:
+    return path.with_name(path.name + ".previous")
+
+
+def _journal(target: Target) -> Path:
+    return target.cert.parent / f".{target.cert.name}.ntspki-journal"
+
+
+def _meta(path: Path) -> tuple[int, int, int]:
+    st = path.stat()
+    return st.st_uid, st.st_gid, st.st_mode & 0o7777
+
+
+def read_pair(key_path: Path, cert_path: Path) -> Pair | None:
+    """The pair at these paths (with owners and modes) if both exist and match, else None."""
+    try:
+        pair = Pair(key_path.read_bytes(), cert_path.read_bytes(), _meta(key_path), _meta(cert_path))
+    except OSError:
+        return None
+    return pair if pair.matches() else None
+
+
+def recover(target: Target) -> str | None:
+    """Finish a deploy that a crash interrupted; drop staged files no journal asked for."""
+    journal = _journal(target)
+    staged_key, staged_cert = _staged(target.key), _staged(target.cert)
+    if journal.exists():
+        for staged, dest in ((staged_key, target.key), (staged_cert, target.cert)):
+            if staged.exists():
+                os.replace(staged, dest)
+                fsutil.fsync_dir(dest.parent)
+        journal.unlink()
+        fsutil.fsync_dir(journal.parent)
+        msg = f"{target.name}: finished an interrupted deploy (journal {journal})"
+        log.warning(msg)
+        return msg
+    for staged in (staged_key, staged_cert):
+        if staged.exists():
+            staged.unlink()
+    return None
+
+
+def _mkdirs(path: Path) -> None:
+    # 0755: the server's user must traverse it; only root writes.
+    missing = []
+    d = path
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        d.mkdir(mode=0o755)
+        os.chmod(d, 0o755)
+
+
+def _owners_modes(target: Target, pair: Pair) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """(uid, gid, mode) to write the key and the certificate with: the pair's own when it was read
+    from a destination, else the target's. A key is never left readable by others, even restored."""
+    uid, gid, mode = pair.key_meta or (target.uid, target.gid, target.key_mode)
+    return (uid, gid, mode & ~0o007), pair.cert_meta or (target.uid, target.gid, target.cert_mode)
+
+
+def install(target: Target, pair: Pair) -> None:
+    """Put `pair` at the destinations: staged with final owner/mode, journalled, key then cert."""
+    for p in (target.key, target.cert):
+        _mkdirs(p.parent)
+    (kuid, kgid, kmode), (cuid, cgid, cmode) = _owners_modes(target, pair)
+    fsutil.atomic_write(_staged(target.key), pair.key_pem, kmode, kuid, kgid)
+    fsutil.atomic_write(_staged(target.cert), pair.cert_pem, cmode, cuid, cgid)
+    journal = {"key": str(target.key), "cert": str(target.cert), "sha256": pair.fingerprint}
+    fsutil.atomic_write(_journal(target), json.dumps(journal).encode(), 0o600)
+    step("staged", target.name)
+    os.replace(_staged(target.key), target.key)
+    fsutil.fsync_dir(target.key.parent)
+    step("key-installed", target.name)
+    os.replace(_staged(target.cert), target.cert)
+    fsutil.fsync_dir(target.cert.parent)
+    _journal(target).unlink()
+    fsutil.fsync_dir(target.cert.parent)
+    log.info("%s: installed %s and %s (sha256 %s)", target.name, target.key, target.cert, pair.fingerprint[:16])
+
+
+def save_previous(target: Target, pair: Pair) -> None:
+    """NAME.key.previous and NAME.crt.previous, with the owner and mode the pair had."""
+    key_meta, cert_meta = _owners_modes(target, pair)
+    for path, data, (uid, gid, mode) in ((target.key, pair.key_pem, key_meta), (target.cert, pair.cert_pem, cert_meta)):
+        fsutil.atomic_write(_previous(path), data, mode, uid, gid)
+
+
+def _fix_metadata(target: Target) -> bool:
+    changed = False
+    for path, mode in ((target.key, target.key_mode), (target.cert, target.cert_mode)):
+        st = path.stat()
+        if (st.st_uid, st.st_gid) != (target.uid, target.gid):
+            os.chown(path, target.uid, target.gid)
+            changed = True
+        if st.st_mode & 0o7777 != mode:
+            os.chmod(path, mode)
+            changed = True
+    return changed
