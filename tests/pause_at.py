@@ -3,13 +3,15 @@ can SIGKILL it at exactly that point: `python -m tests.pause_at STEP ntspki-args
 
 The product only calls its no-op step hooks (`ntspki.deploy.on_step`); this test-only wrapper is
 what turns one of them into a pause, so no environment variable in the product changes its
-behaviour."""
+behaviour. `before-rename:NAME` pauses instead inside `fsutil.atomic_write` of a file called NAME,
+after its temp file is complete and before the rename: where a kill leaves a stray temp file."""
 
 from __future__ import annotations
 
 import os
 import signal
 import sys
+from pathlib import Path
 
 from ntspki import deploy
 from ntspki.cli import main
@@ -23,6 +25,20 @@ def _pause_at(step: str):
     return hook
 
 
+def _pause_before_rename(name: str) -> None:
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if Path(dst).name == name and str(src).endswith(".tmp"):
+            os.kill(os.getpid(), signal.SIGSTOP)
+        return real(src, dst, *args, **kwargs)
+
+    os.replace = replace  # type: ignore[assignment]
+
+
 if __name__ == "__main__":
-    deploy.on_step = _pause_at(sys.argv[1])
+    if sys.argv[1].startswith("before-rename:"):
+        _pause_before_rename(sys.argv[1].split(":", 1)[1])
+    else:
+        deploy.on_step = _pause_at(sys.argv[1])
     main(sys.argv[2:])

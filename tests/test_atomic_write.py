@@ -47,3 +47,19 @@ def test_an_unknown_owner_fails_before_anything_is_visible(tmp_path):
         fsutil.atomic_write(dest, b"data", 0o644, uid=2**32, gid=2**32)
     assert not dest.exists()
     assert _leftovers(tmp_path) == []
+
+
+def test_stale_temps_of_exactly_that_file_are_removed(tmp_path):
+    """What a write killed before its rename leaves (`.NAME.XXXXXXXX.tmp`) goes; the file itself,
+    other files' temps and look-alikes stay."""
+    dest = tmp_path / "ntp.key"
+    dest.write_bytes(b"key")
+    stale = [tmp_path / ".ntp.key.0123abcd.tmp", tmp_path / ".ntp.key.deadbeef.tmp"]
+    keep = [".ntp.key.previous.0123abcd.tmp", ".ntp.crt.0123abcd.tmp", ".ntp.key.0123abc.tmp", "ntp.key.0123abcd.tmp"]
+    for p in stale:
+        p.write_bytes(b"-----BEGIN PRIVATE KEY-----")
+    for name in keep:
+        (tmp_path / name).write_bytes(b"x")
+    assert sorted(fsutil.remove_stale_temps(dest)) == sorted(stale)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["ntp.key", *keep])
+    assert fsutil.remove_stale_temps(tmp_path / "missing-dir" / "x") == []

@@ -84,6 +84,47 @@ def test_sigkill_at_every_step_leaves_a_matching_pair_and_the_next_deploy_comple
         assert "finished an interrupted deploy" in second.stderr
 
 
+def test_a_run_killed_after_installing_restarts_on_the_next_run_even_without_probing(dl):
+    """Killed after both files are in place, before the restart: the pair on disk is the new one,
+    so without a probe nothing but the journal's "restart owed" tells the next run to restart."""
+    dl.write_config({"ntpserver": dl.settings(probe=False)})
+    try:
+        old = dl.served()
+        new = dl.new_version()
+        pid, restarts = dl.server.pid, dl.restarts()
+        _kill_at(dl, "installed")
+        assert dl.deployed().fingerprint == new and dl.served() == old
+        assert (dl.dest / f".{dl.cert.name}.ntspki-restart-owed").exists()
+        second = dl.cli("deploy", "--all")
+        assert second.returncode == 0, second.stderr
+        assert "restart owed" in second.stderr
+        assert dl.restarts() == restarts + 1 and dl.server.pid != pid
+        assert dl.served() == new
+        assert not list(dl.dest.glob(".*ntspki*")) and not list(dl.dest.glob(".*.tmp"))
+        third = dl.cli("deploy", "--all")  # paid: nothing more to do
+        assert third.returncode == 0 and "unchanged" in third.stdout, third.stdout
+        assert dl.restarts() == restarts + 1
+    finally:
+        dl.write_config({"ntpserver": dl.settings(probe_timeout=1)})
+
+
+@pytest.mark.parametrize("name", [".ntpserver.key.ntspki-new", "ntpserver.key.previous", "ntpserver.crt.previous"])
+def test_temp_files_of_a_killed_write_are_removed_by_the_next_run(dl, name):
+    """SIGKILL inside atomic_write, after the temp copy is complete (for the key: the private key)
+    and before its rename: the next run removes the copy and completes the deploy."""
+    new = dl.new_version()
+    _kill_at(dl, f"before-rename:{name}")
+    stray = list(dl.dest.glob(f".{name}.*.tmp"))
+    assert len(stray) == 1, list(dl.dest.iterdir())
+    if ".key" in name:
+        assert b"PRIVATE KEY" in stray[0].read_bytes()
+    second = dl.cli("deploy", "--all")
+    assert second.returncode == 0, second.stderr
+    assert f"removed {stray[0]}" in second.stderr
+    assert not list(dl.dest.glob(".*.tmp")) and not list(dl.dest.glob(".*ntspki*")), list(dl.dest.iterdir())
+    assert dl.deployed().fingerprint == new == dl.served()
+
+
 def test_recover_at_server_start_closes_the_new_key_old_cert_window(dl):
     """A crash between the two renames, then the server restarts (a reboot) before any deploy:
     its ExecStartPre `ntspki deploy --recover --all` completes the pair without restarting it."""

@@ -20,7 +20,10 @@ Journal: two files cannot be replaced in one atomic step, so between the key ren
 certificate rename the destinations hold the new key and the old certificate. Both new files are
 complete on disk (as hidden `.NAME.ntspki-new` files) before a journal file says "install these";
 whoever takes the lock next (deploy, watcher, certbot hook) finishes the renames first. A crash
-before the journal leaves the old pair untouched; after it, the new pair is completed.
+before the journal leaves the old pair untouched; after it, the new pair is completed. A second
+file says "restart owed" from before the first write until the restart command succeeded, so a run
+killed in between leaves the next one to restart, probe or no probe; and the next run removes the
+temp files of writes a kill cut short (private-key copies among them).
 
 Every step in STEPS is announced to `on_step` (a no-op): the crash tests replace it, in a
 process of their own, to stop at a step and SIGKILL the deploy exactly there.
@@ -47,7 +50,17 @@ from ntspki import pki
 from ntspki.deploy import deployconfig
 from ntspki.deploy.certbot import CERTBOT_HOOK_DIR, CERTBOT_HOOK_NAME, certbot_hook_script, install_certbot_hook
 from ntspki.deploy.deployconfig import Target
-from ntspki.deploy.journal import _fix_metadata, _journal, install, read_pair, recover, save_previous
+from ntspki.deploy.journal import (
+    _fix_metadata,
+    _journal,
+    install,
+    owe_restart,
+    read_pair,
+    recover,
+    restart_owed,
+    restart_paid,
+    save_previous,
+)
 from ntspki.deploy.policy import check_destination, check_server_reads
 from ntspki.deploy.report import BROKEN, OK, REFUSED, ROLLED_BACK, DeployReport, TargetResult
 from ntspki.deploy.served import _probe_once, check_served
@@ -140,6 +153,8 @@ def deploy(
         if dry_run or not plans:
             return report
         for plan in plans:
+            owe_restart(plan.target)  # cleared once its restart ran: a kill before that is caught up
+        for plan in plans:
             if plan.write and plan.old is not None:
                 save_previous(plan.target, plan.old)
         _step("previous-saved")
@@ -194,7 +209,14 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
         result.previous_sha256 = current.fingerprint if current else None
         deployed = current is not None and current.fingerprint == new.fingerprint and current.key_pem == new.key_pem
         name = t.probe_name or pki.san_strings(new.leaf)[0]
-        if deployed and not force:
+        owed = restart_owed(t)
+        if deployed and not force and owed:
+            # Installed by a run that was killed before its restart: the server may still serve the
+            # old pair, whatever a probe says (or without one): restart, then probe as usual.
+            msg = f"{t.name}: restart owed: an interrupted deploy installed this pair but did not restart the server"
+            log.warning(msg)
+            report.warnings.append(msg)
+        elif deployed and not force:
             if not dry_run and _fix_metadata(t):
                 log.info("%s: fixed owner/mode of %s and %s", t.name, t.key, t.cert)
             if t.probe is None:
@@ -263,6 +285,9 @@ def _apply(command: list[str], group: list[_Plan], report: DeployReport) -> None
     """Restart once for the whole group, probe each target, roll back the ones not served."""
     _warn_ntsdumpdir(group, report)
     restarted = _run(command, report, f"load new certificate for {', '.join(p.target.name for p in group)}")
+    if restarted:
+        for plan in group:
+            restart_paid(plan.target)
     _step("restarted")
     failed = []
     for plan in group:
@@ -300,6 +325,7 @@ def _roll_back(command, failed, group, report) -> None:
             r.status, r.exit_code = "failed", BROKEN
             r.message = f"{why}; the previous certificate has expired, so it was not restored: check the server"
             continue
+        owe_restart(plan.target)
         install(plan.target, plan.old)
         log.warning("%s: restored the previous pair (sha256 %s)", plan.target.name, plan.old.fingerprint[:16])
         restored.append((plan, why))
@@ -307,6 +333,9 @@ def _roll_back(command, failed, group, report) -> None:
     if not restored:
         return
     again = _run(command, report, "roll back to the previous certificate")
+    if again:
+        for plan, _ in restored:
+            restart_paid(plan.target)
     _step("restarted-again")
     for plan, why in restored:
         r = plan.result

@@ -5,6 +5,10 @@ rename the destinations hold the new key and the old certificate. Both new files
 disk (as hidden `.NAME.ntspki-new` files) before a journal file says "install these"; whoever takes
 the lock next (deploy, watcher, certbot hook) finishes the renames first (`recover`). A crash
 before the journal leaves the old pair untouched; after it, the new pair is completed.
+
+"Restart owed" (`.NAME.crt.ntspki-restart-owed`) is written before the destinations change and
+removed only after the restart command succeeded: once both files are in place nothing else on disk
+tells a later run, which may not probe, that the server still serves the old pair.
 """
 
 from __future__ import annotations
@@ -34,6 +38,41 @@ def _journal(target: Target) -> Path:
     return target.cert.parent / f".{target.cert.name}.ntspki-journal"
 
 
+def _owed(target: Target) -> Path:
+    return target.cert.parent / f".{target.cert.name}.ntspki-restart-owed"
+
+
+def owe_restart(target: Target) -> None:
+    """Record, durably and before the destinations change, that the server must be restarted
+    (or reloaded) to load them: a run killed after installing, before its restart, leaves this for
+    the next run, which then restarts even when it probes nothing and finds the pair in place."""
+    for p in (target.key, target.cert):
+        _mkdirs(p.parent)
+    if not _owed(target).exists():
+        fsutil.atomic_write(
+            _owed(target), json.dumps({"key": str(target.key), "cert": str(target.cert)}).encode(), 0o600
+        )
+
+
+def restart_owed(target: Target) -> bool:
+    return _owed(target).exists()
+
+
+def restart_paid(target: Target) -> None:
+    """The restart (or reload) after the last install succeeded."""
+    owed = _owed(target)
+    if owed.exists():
+        owed.unlink()
+        fsutil.fsync_dir(owed.parent)
+
+
+def _written(target: Target) -> list[Path]:
+    """Every file a deploy of `target` writes with fsutil.atomic_write."""
+    paths = [target.key, target.cert, _staged(target.key), _staged(target.cert)]
+    paths += [_previous(target.key), _previous(target.cert), _journal(target), _owed(target)]
+    return paths
+
+
 def _meta(path: Path) -> tuple[int, int, int]:
     st = path.stat()
     return st.st_uid, st.st_gid, st.st_mode & 0o7777
@@ -49,7 +88,11 @@ def read_pair(key_path: Path, cert_path: Path) -> Pair | None:
 
 
 def recover(target: Target) -> str | None:
-    """Finish a deploy that a crash interrupted; drop staged files no journal asked for."""
+    """Finish a deploy that a crash interrupted; drop staged files no journal asked for, and the
+    temp files of writes a kill cut short (copies of the private key among them). Under the deploy lock."""
+    for path in _written(target):
+        for tmp in fsutil.remove_stale_temps(path):
+            log.warning("%s: removed %s, left by an interrupted run", target.name, tmp)
     journal = _journal(target)
     staged_key, staged_cert = _staged(target.key), _staged(target.cert)
     if journal.exists():
@@ -88,7 +131,8 @@ def _owners_modes(target: Target, pair: Pair) -> tuple[tuple[int, int, int], tup
 
 
 def install(target: Target, pair: Pair) -> None:
-    """Put `pair` at the destinations: staged with final owner/mode, journalled, key then cert."""
+    """Put `pair` at the destinations: staged with final owner/mode, journalled, key then cert.
+    The engine calls `owe_restart` first."""
     for p in (target.key, target.cert):
         _mkdirs(p.parent)
     (kuid, kgid, kmode), (cuid, cgid, cmode) = _owners_modes(target, pair)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -22,6 +23,31 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _temp_name(path: Path) -> Path:
+    return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+
+
+def remove_stale_temps(path: Path | str) -> list[Path]:
+    """Remove the temp files that `atomic_write(path)` or `atomic_symlink(..., path)` leaves when
+    its process is killed before the rename (for a key: a complete private-key copy). Only for a
+    caller that holds the lock every writer of `path` takes: a live writer's temp file looks the same."""
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(path.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        if pattern.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    if removed:
+        fsync_dir(path.parent)
+    return removed
+
+
 def atomic_write(
     path: Path | str,
     data: bytes,
@@ -30,7 +56,7 @@ def atomic_write(
     gid: int = -1,
 ) -> None:
     path = Path(path)
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    tmp = _temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         with os.fdopen(fd, "wb", closefd=False) as f:
@@ -54,7 +80,7 @@ def atomic_write(
 
 def atomic_symlink(target: str, link: Path) -> None:
     """Point `link` at `target`, replacing any existing link in one rename."""
-    tmp = link.parent / f".{link.name}.{secrets.token_hex(4)}.tmp"
+    tmp = _temp_name(link)
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)
