@@ -240,6 +240,12 @@ def test_server_picks_another_alpn(serve, pki):
         (GOOD + encode_record(ntske.PORT, b"\x01") + EOM, "close", ["malformed NTPv4 Port"]),
         (GOOD + encode_record(ntske.SERVER, b"bad host\n") + EOM, "close", ["not a host name"]),
         (GOOD + GOOD + EOM, "close", ["more than one Next Protocol"]),
+        (GOOD + encode_record(ntske.END_OF_MESSAGE, b""), "close", ["End of Message", "critical bit", "4.1.1"]),
+        (
+            encode_record(ntske.NEXT_PROTOCOL, u16(0)) + GOOD[6:] + EOM,
+            "close",
+            ["Next Protocol", "critical bit", "4.1.2"],
+        ),
     ],
     ids=[
         "no-eom-close",
@@ -258,6 +264,8 @@ def test_server_picks_another_alpn(serve, pki):
         "bad-port",
         "bad-server",
         "duplicate",
+        "eom-not-critical",
+        "next-protocol-not-critical",
     ],
 )
 def test_bad_ntske_response(serve, pki, response, then, words):
@@ -333,30 +341,47 @@ class FakeNts:
             except OSError:
                 return
             self.requests += 1
+            if self.mode == "noisy":
+                self.noise(packet, addr)
             reply = self.reply(packet)
             if reply:
                 self.udp.sendto(reply, addr)
 
-    def reply(self, packet):
+    NOISE = ("short", "wrong-origin", "wrong-uid", "bad-auth", "unauthenticated", "bad-ef", "ntsn-wrong-uid", "mode-3")
+
+    def noise(self, packet, addr):
+        """What an attacker who cannot read the keys can send first: garbage, replies to someone
+        else, forgeries; and from another port, a reply that would be authentic (the kernel drops it:
+        the probe's socket is connected to the server's address and port)."""
+        self.udp.sendto(os.urandom(7), addr)
+        for mode in self.NOISE:
+            self.udp.sendto(self.reply(packet, mode), addr)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+            other.sendto(self.reply(packet, "good", stratum=9), addr)
+        time.sleep(0.05)  # the noise arrives first
+
+    def reply(self, packet, mode=None, stratum=2):
+        mode = mode or self.mode
         cookie = next(b for t, _, b in ntske.parse_efs(packet) if t == ntske.EF_COOKIE)
         c2s, s2c = self.keys[cookie]
         uid, _, _, xmt = parse_ntp_request(packet, c2s)
-        if self.mode == "silent":
+        if mode == "silent":
             return None
-        if self.mode == "short":
+        if mode == "short":
             return b"\x24" * 20
         now = ntske.ntp_time(time.time())
-        stratum, refid = (0, b"NTSN") if self.mode == "ntsn" else (2, bytes([127, 0, 0, 1]))
-        header = struct.pack("!BBbb", 0x24, stratum, 6, -20) + b"\x00" * 8 + refid + now + xmt + now + now
-        if self.mode == "wrong-origin":
+        stratum, refid = (0, b"NTSN") if mode.startswith("ntsn") else (stratum, bytes([127, 0, 0, 1]))
+        first = 0x23 if mode == "mode-3" else 0x24
+        header = struct.pack("!BBbb", first, stratum, 6, -20) + b"\x00" * 8 + refid + now + xmt + now + now
+        if mode == "wrong-origin":
             header = header[:24] + os.urandom(8) + header[32:]
-        echoed = os.urandom(32) if self.mode == "wrong-uid" else uid
+        echoed = os.urandom(32) if mode in ("wrong-uid", "ntsn-wrong-uid") else uid
         body = header + encode_ef(ntske.EF_UNIQUE_IDENTIFIER, echoed)
-        if self.mode in ("ntsn", "unauthenticated"):
+        if mode.startswith("ntsn") or mode == "unauthenticated":
             return body
-        if self.mode == "bad-ef":
+        if mode == "bad-ef":
             return body + struct.pack("!HH", ntske.EF_AUTHENTICATOR, 4000) + b"\x00" * 12
-        key = c2s if self.mode == "bad-auth" else s2c  # bad-auth: sealed with the wrong key
+        key = c2s if mode == "bad-auth" else s2c  # bad-auth: sealed with the wrong key
         return body + ntske.authenticator(key, body, encode_ef(ntske.EF_COOKIE, os.urandom(96)))
 
     def close(self):
@@ -387,25 +412,44 @@ def test_fake_server_is_a_real_nts_server(fake_nts, pki):
     assert abs(r.offset_s) < 0.5 and 0 <= r.delay_s < 0.5
 
 
+DISCARDED = ["no NTP reply", "within 1 s", "discarded 1 datagram"]
+
+
 @pytest.mark.parametrize(
     "mode, words",
     [
-        ("bad-auth", ["failed authentication"]),
-        ("wrong-uid", ["does not echo our unique identifier"]),
+        # Not the authentic answer to the request: discarded (RFC 8915 section 5.7), and said at the timeout.
+        ("bad-auth", [*DISCARDED, "failed authentication"]),
+        ("wrong-uid", [*DISCARDED, "does not echo our unique identifier"]),
+        ("unauthenticated", [*DISCARDED, "not authenticated"]),
+        ("wrong-origin", [*DISCARDED, "origin timestamp"]),
+        ("short", [*DISCARDED, "too short"]),
+        ("bad-ef", [*DISCARDED, "malformed extension field", "length 4000"]),
+        ("ntsn-wrong-uid", [*DISCARDED, "does not echo our unique identifier"]),
+        ("mode-3", [*DISCARDED, "mode 3"]),
+        # An answer that says no: reported at once.
         ("ntsn", ["NTS NAK", "NTSN"]),
-        ("unauthenticated", ["not authenticated"]),
-        ("wrong-origin", ["origin timestamp"]),
         ("silent", ["no NTP reply", "within 1 s"]),
-        ("short", ["too short"]),
-        ("bad-ef", ["malformed extension field", "length 4000"]),
     ],
 )
 def test_bad_ntp_reply(fake_nts, pki, mode, words):
     fake = fake_nts(mode)
+    start = time.monotonic()
     r = probe(fake.target, ca_files=[pki.root], timeout=TIMEOUT)
+    assert time.monotonic() - start < TIMEOUT + 1
     assert fake.requests == 1  # the request itself was well formed and authenticated
     assert_fails(r, "ntp", *words)
     assert not r.authenticated and r.cookies == 1
+
+
+def test_forged_and_stray_datagrams_before_the_real_reply_are_ignored(fake_nts, pki):
+    """Garbage, replies to other requests, forgeries and a datagram from another port arrive
+    before the server's real reply: the probe discards them all and succeeds with the real one."""
+    fake = fake_nts("noisy")
+    r = probe(fake.target, ca_files=[pki.root], timeout=TIMEOUT)
+    assert r.ok, r.error
+    assert r.authenticated and r.stratum == 2  # not the other port's stratum 9
+    assert fake.requests == 1
 
 
 def test_ntp_port_closed(serve, pki):

@@ -129,37 +129,53 @@ class NtpReply:
         return offset, delay
 
 
+class NotAnAnswer(ProtocolError):
+    """A datagram that is not the authentic answer to our request: RFC 8915 section 5.7 has the
+    client discard it (anyone can send datagrams; only the server holds the keys)."""
+
+    def __init__(self, message: str):
+        super().__init__("ntp", message)
+
+
 def parse_ntp_reply(packet: bytes, request: NtpRequest, s2c: bytes, t4: float) -> NtpReply:
+    """The reply, checked. NotAnAnswer for what is to be discarded (unparsable, not answering this
+    request, not authentic); ProtocolError for an answer that says something went wrong (an NTS NAK
+    echoing our unique identifier, an authenticated kiss code)."""
     if len(packet) < NTP_HEADER:
-        raise ProtocolError("ntp", f"NTP reply too short ({len(packet)} bytes)")
+        raise NotAnAnswer(f"NTP reply too short ({len(packet)} bytes)")
     first, stratum = packet[0], packet[1]
     leap, version, mode = first >> 6, (first >> 3) & 7, first & 7
     if mode != 4:
-        raise ProtocolError("ntp", f"NTP reply has mode {mode}, not 4 (server)")
+        raise NotAnAnswer(f"NTP reply has mode {mode}, not 4 (server)")
     if packet[24:32] != request.packet[40:48]:
-        raise ProtocolError("ntp", "NTP reply does not answer our request (origin timestamp differs)")
+        raise NotAnAnswer("NTP reply does not answer our request (origin timestamp differs)")
     refid = packet[12:16]
-    efs = parse_efs(packet)
+    try:
+        efs = parse_efs(packet)
+    except ProtocolError as e:
+        raise NotAnAnswer(str(e))
     uids = [body for t, _, body in efs if t == EF_UNIQUE_IDENTIFIER]
     if len(uids) != 1 or uids[0][: len(request.uid)] != request.uid:
-        raise ProtocolError(
-            "ntp", "NTP reply does not echo our unique identifier" if uids else "NTP reply has no unique identifier"
+        raise NotAnAnswer(
+            "NTP reply does not echo our unique identifier" if uids else "NTP reply has no unique identifier"
         )
     auths = [(off, body) for t, off, body in efs if t == EF_AUTHENTICATOR]
     kiss = refid.decode("ascii", "replace").rstrip("\x00") if stratum == 0 else None
     if kiss is not None and not auths:
-        if kiss == "NTSN":
+        if kiss == "NTSN":  # unauthenticated by design; the echoed identifier is its only proof
             raise ProtocolError("ntp", "server sent an NTS NAK (kiss code NTSN): it did not accept our cookie")
-        raise ProtocolError("ntp", f"unauthenticated kiss-o'-death reply (kiss code {kiss!r})")
+        raise NotAnAnswer(f"unauthenticated kiss-o'-death reply (kiss code {kiss!r})")
     if len(auths) != 1:
-        raise ProtocolError(
-            "ntp",
+        raise NotAnAnswer(
             "NTP reply is not authenticated (no Authenticator field)"
             if not auths
-            else "NTP reply has more than one Authenticator field",
+            else "NTP reply has more than one Authenticator field"
         )
     offset, body = auths[0]
-    plaintext = open_authenticator(s2c, packet, offset, body)
+    try:
+        plaintext = open_authenticator(s2c, packet, offset, body)
+    except ProtocolError as e:
+        raise NotAnAnswer(str(e))
     cookies = [b for t, _, b in parse_efs(plaintext, 0) if t == EF_COOKIE] if plaintext else []
     if kiss is not None:
         raise ProtocolError("ntp", f"server sent kiss code {kiss!r}")
@@ -171,22 +187,26 @@ def parse_ntp_reply(packet: bytes, request: NtpRequest, s2c: bytes, t4: float) -
 def ntp_exchange(
     host: str, port: int, c2s: bytes, s2c: bytes, cookie: bytes, timeout: float, placeholders: int = 0
 ) -> tuple[NtpRequest, NtpReply]:
-    """One authenticated NTP exchange. The first datagram from the server decides (a probe wants
-    the server's own answer reported, not silently skipped)."""
+    """One authenticated NTP exchange. Datagrams that do not answer the request (from another
+    address or port, not echoing it, not authentic, unparsable) are discarded and the wait goes on
+    until `timeout`, as RFC 8915 asks; the timeout message says what was discarded, so a server
+    that answers wrongly is still told apart from one that does not answer."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as e:
         raise ProtocolError("ntp", f"cannot resolve NTP server {host}: {e.strerror}")
     family, kind, proto, _, addr = infos[0]
     with socket.socket(family, kind, proto) as sock:
-        sock.connect(addr)  # only datagrams from the server's address are delivered
+        sock.connect(addr)  # only datagrams from the server's address and port are delivered
         request = build_ntp_request(c2s, cookie, placeholders)
         deadline = time.monotonic() + timeout
         sock.send(request.packet)
+        ignored, last = 0, ""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise ProtocolError("ntp", f"no NTP reply from {fmt_addr(addr)} within {timeout:g} s")
+                seen = f" (discarded {ignored} datagram(s) that did not answer it; the last: {last})" if ignored else ""
+                raise ProtocolError("ntp", f"no NTP reply from {fmt_addr(addr)} within {timeout:g} s{seen}")
             sock.settimeout(left)
             try:
                 packet = sock.recv(4096)
@@ -196,5 +216,7 @@ def ntp_exchange(
                 raise ProtocolError("ntp", f"NTP port {fmt_addr(addr)} refused the request (nothing listens there)")
             except OSError as e:
                 raise ProtocolError("ntp", f"NTP exchange with {fmt_addr(addr)} failed: {e.strerror or e}")
-            t4 = time.time()
-            return request, parse_ntp_reply(packet, request, s2c, t4)
+            try:
+                return request, parse_ntp_reply(packet, request, s2c, time.time())
+            except NotAnAnswer as e:
+                ignored, last = ignored + 1, str(e)

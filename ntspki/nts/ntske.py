@@ -10,6 +10,7 @@ from __future__ import annotations
 from ntspki.nts import NTP_PORT, NTSKE_PORT
 from ntspki.nts.keclient import CLOSED_HINT, KeClient, KeSession, export_keys
 from ntspki.nts.ntp import (
+    NotAnAnswer,
     NtpReply,
     NtpRequest,
     authenticator,
@@ -90,6 +91,7 @@ __all__ = [
     "KeClient",
     "KeResponse",
     "KeSession",
+    "NotAnAnswer",
     "NtpReply",
     "NtpRequest",
     "ProtocolError",

@@ -31,6 +31,9 @@ RECORD_NAMES = {
 }
 ERROR_CODES = {0: "Unrecognized Critical Record", 1: "Bad Request", 2: "Internal Server Error"}
 CRITICAL = 0x8000
+# Records whose critical bit RFC 8915 requires in a response (type -> section). Error and Warning
+# require it too, but end the exchange whatever their bit says.
+MUST_BE_CRITICAL = {END_OF_MESSAGE: "4.1.1", NEXT_PROTOCOL: "4.1.2"}
 
 # A real answer is about 1 KiB (8 cookies of ~100 bytes); anything far bigger is hostile.
 MAX_RESPONSE = 64 * 1024
@@ -121,6 +124,12 @@ def interpret_response(records: list[Record], offered_aeads=(AEAD_AES_SIV_CMAC_2
         if rec.type in (NEXT_PROTOCOL, AEAD, SERVER, PORT) and rec.type in seen:
             raise ProtocolError("ntske", f"server sent more than one {name} record")
         seen.add(rec.type)
+        if rec.type in MUST_BE_CRITICAL and not rec.critical:
+            raise ProtocolError(
+                "ntske",
+                f"server's {name} record does not have the critical bit set, which RFC 8915 "
+                f"(section {MUST_BE_CRITICAL[rec.type]}) requires: not a conforming NTS-KE server",
+            )
         if rec.type == END_OF_MESSAGE:
             break
         if rec.type == ERROR:
