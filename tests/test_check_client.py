@@ -214,3 +214,75 @@ def test_chronyd_not_installed_is_said(workdir, monkeypatch):
     with mock.patch("os.path.exists", lambda p: False if str(p).endswith("chronyd") else os.path.lexists(p)):
         report = check(str(write(workdir / "c.conf", "local stratum 8\nserver a iburst nts\n")), user="root")
     assert "chronyd-parse" in report.codes("info")
+
+
+def test_hints_never_create_where_nothing_can_be(workdir):
+    """A path under a file, or a dangling symlink: nothing can be created there, so the hint is to
+    fix the path, never mkdir, copy or deploy to it."""
+    afile = write(workdir / "afile", "")
+    os.symlink("/nonexistent/x", workdir / "dangling")
+    conf = write(
+        workdir / "c.conf",
+        f"ntsserverkey {afile}/k\nntsservercert {workdir}/dangling\nntsdumpdir {afile}/dump\n"
+        f"server localhost iburst nts\nntstrustedcerts {afile}/root.pem\nlocal stratum 8\n",
+    )
+    found = {f.code: f for f in check(str(conf), user=USER).findings if f.severity in ("critical", "warning")}
+    assert {"key-missing", "cert-missing", "dumpdir-missing", "trust-missing"} <= set(found), found
+    assert f"{afile} is a file, not a directory" in found["key-missing"].message
+    assert "/nonexistent/x, which does not exist" in found["cert-missing"].message
+    for code in ("key-missing", "cert-missing", "dumpdir-missing", "trust-missing"):
+        hint = found[code].hint
+        assert "fix the path" in hint or hint.startswith("point ntsdumpdir"), hint
+        assert not any(w in hint for w in ("install -d", "mkdir", "copy", "deploy the file")), hint
+
+
+def test_a_key_directory_closed_to_others_is_not_opened(workdir, site):
+    """chronyd's user cannot enter the key's directory: move the key, never chmod the directory
+    open; a certificate's directory may be opened (certificates are public)."""
+    private, certs = workdir / "private", workdir / "certs"
+    for d in (private, certs):
+        d.mkdir(mode=0o700)
+    key, cert = private / "k.pem", certs / "c.pem"
+    shutil.copy(site.live / "privkey.pem", key)
+    shutil.copy(site.live / "fullchain.pem", cert)
+    conf = write(
+        workdir / "c.conf", f"ntsserverkey {key}\nntsservercert {cert}\nntsdumpdir {workdir}\nlocal stratum 8\n"
+    )
+    blocked = {f.path: f for f in check(str(conf), user=USER).findings if f.code == "dir-untraversable"}
+    assert set(blocked) == {str(key), str(cert)}, blocked
+    assert "chmod" not in blocked[str(key)].hint and "/etc/chrony/nts" in blocked[str(key)].hint
+    assert f"chmod o+x {certs}" in blocked[str(cert)].hint
+
+
+def test_chain_order_is_about_the_leaf_only(workdir, site):
+    """chronyd pairs the key with the first certificate; after it the verifier (like GnuTLS's
+    clients) takes the certificates in any order, so an unsorted rest is noted, not failed."""
+    live = site.live
+    unsorted = workdir / "unsorted.pem"
+    unsorted.write_bytes((live / "cert.pem").read_bytes() + site.root.read_bytes() + (live / "chain.pem").read_bytes())
+    conf = write(
+        workdir / "c.conf",
+        f"ntsserverkey {live}/privkey.pem\nntsservercert {unsorted}\nntsdumpdir {workdir}\nlocal stratum 8\n",
+    )
+    report = check(str(conf), user="root", ca_files=[str(site.root)])
+    assert not report.codes("critical"), [(f.code, f.message) for f in report.findings if f.severity == "critical"]
+    assert "chain-unsorted" in report.codes("info") and "chain-verifies" in report.codes("ok")
+    only_ca = write(
+        workdir / "c2.conf", f"ntsserverkey {live}/privkey.pem\nntsservercert {site.root}\nlocal stratum 8\n"
+    )
+    codes = check(str(only_ca), user="root", ca_files=[str(site.root)]).codes("critical")
+    assert "cert-is-ca" in codes and "chain-order" not in codes, codes
+
+
+def test_a_local_probe_that_cannot_connect_is_unknown(workdir, site):
+    """--probe when nothing listens on the NTS-KE port: it could not check, so UNKNOWN (3), not CRITICAL."""
+    port = lab.free_port()
+    conf = write(
+        workdir / "c.conf",
+        f"ntsserverkey {site.live}/privkey.pem\nntsservercert {site.live}/fullchain.pem\nntsport {port}\n"
+        f"ntsdumpdir {workdir}\nlocal stratum 8\n",
+    )
+    report = check(str(conf), user="root", ca_files=[str(site.root)], probe=True, timeout=1)
+    (f,) = [f for f in report.findings if f.code == "probe-failed"]
+    assert f.severity == "unknown" and "could not probe" in f.message and str(port) in f.hint
+    assert report.status == "UNKNOWN" and report.exit_code == 3, [(x.severity, x.code) for x in report.findings]

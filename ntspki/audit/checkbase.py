@@ -13,6 +13,18 @@ from ntspki.servers import chronyconf
 from ntspki.store import access
 
 
+def cannot_exist(path: str) -> str | None:
+    """Why nothing can be created at `path` as it is written (so a hint must not say mkdir, copy
+    or deploy there): the first part of it that exists is a file, or it is a dangling symlink."""
+    p = Path(path)
+    for part in [p, *p.parents]:
+        if os.path.islink(part) and not os.path.exists(part):
+            return f"{part} is a symlink to {os.readlink(part)}, which does not exist"
+        if os.path.lexists(part):
+            return None if part == p or os.path.isdir(part) else f"{part} is a file, not a directory"
+    return None
+
+
 class CheckerBase:
     def __init__(
         self,
@@ -64,12 +76,13 @@ class CheckerBase:
             return None
         try:
             return Path(path).read_bytes()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
+            blocker = cannot_exist(path)
             self.add(
                 "critical",
                 f"{what}-missing",
-                f"{what} file {path} does not exist",
-                f"fix the path in {where} or deploy the file",
+                f"{what} file {path} does not exist" + (f" and cannot: {blocker}" if blocker else ""),
+                f"fix the path in {where}" if blocker else f"fix the path in {where} or deploy the file",
                 path,
                 where,
             )

@@ -9,6 +9,7 @@ import socket
 import stat
 from pathlib import Path
 
+from ntspki.audit.checkbase import cannot_exist
 from ntspki.audit.serverside import ServerChecks
 from ntspki.pki import names
 from ntspki.servers import chronyconf
@@ -73,11 +74,15 @@ class ClientChecks(ServerChecks):
         """An ntstrustedcerts file or directory (*.crt): reachable and readable by chronyd's user, holding
         certificates that parse and have not expired."""
         if not os.path.exists(path):
+            blocker = cannot_exist(path)
             self.add(
                 "critical",
                 "trust-missing",
-                f"ntstrustedcerts {path} does not exist: NTS-KE with the sources using it fails",
-                f"copy the CA's root certificate to {path}, or fix the path in {where}",
+                f"ntstrustedcerts {path} does not exist{f' and cannot: {blocker}' if blocker else ''}: NTS-KE with "
+                "the sources using it fails",
+                f"fix the path in {where}"
+                if blocker
+                else f"copy the CA's root certificate to {path}, or fix the path in {where}",
                 path,
                 where,
             )

@@ -63,7 +63,18 @@ class ProbeChecks(CheckerBase):
                         cd.args[0],
                         cd.where,
                     )
-            if not r.ok:
+            if not r.ok and r.stage in ("connect", "internal"):
+                # Not reaching the port says nothing certain about the certificate (chronyd stopped,
+                # another bindaddress, a firewall): UNKNOWN, as for a source that cannot be probed.
+                self.add(
+                    "unknown",
+                    "probe-failed",
+                    f"{label}: could not probe: {r.error}",
+                    f"is chronyd running and listening on {target}? (ss -ltnp 'sport = :{port}')",
+                    cd.args[0],
+                    cd.where,
+                )
+            elif not r.ok:
                 self.add(
                     "critical",
                     "probe-failed",

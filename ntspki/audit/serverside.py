@@ -7,6 +7,7 @@ import datetime as dt
 import os
 import stat
 
+from ntspki.audit.checkbase import cannot_exist
 from ntspki.audit.findings import CertState
 from ntspki.audit.probes import ProbeChecks
 from ntspki.errors import NtspkiError
@@ -91,32 +92,44 @@ class ServerChecks(ProbeChecks):
             return []
         leaf = chain[0]
         cas = [verify.is_ca(c) for c in chain]
-        ordered = True
-        if cas[0]:
-            ordered = False
-            leaf_at = next((i + 1 for i, ca in enumerate(cas) if not ca), None)
-            where_leaf = f"the leaf is certificate #{leaf_at} of {len(chain)}" if leaf_at else "it holds no leaf"
+        leaf_first = not cas[0]
+        leaf_at = next((i + 1 for i, ca in enumerate(cas) if not ca), None)
+        if not leaf_first and leaf_at:
+            # chronyd pairs the key with the first certificate; only the leaf's place matters to it.
             self.add(
                 "critical",
                 "chain-order",
-                f"{path} does not start with the server certificate ({where_leaf}): chronyd pairs the key "
-                "with the first certificate and logs 'The certificate and the given key do not match.'",
-                "write the leaf first, then the intermediates (certbot's fullchain.pem)",
+                f"{path} does not start with the server certificate (it is certificate #{leaf_at} of "
+                f"{len(chain)}): chronyd pairs the key with the first certificate and logs 'The certificate and "
+                "the given key do not match.'",
+                "write the server certificate first (certbot's and ntspki's fullchain.pem are in that order)",
+                path,
+                where,
+            )
+        elif not leaf_first:
+            self.add(
+                "critical",
+                "cert-is-ca",
+                f"{path} holds only CA certificates (basicConstraints CA:TRUE), no server certificate: a CA "
+                "certificate is refused as a server's own (openssl req -x509 makes one by default)",
+                "issue a server certificate for the names clients use (ntspki issue NAME) and point "
+                "ntsservercert at its fullchain.pem",
                 path,
                 where,
             )
         else:
             for i in range(len(chain) - 1):
                 if not verify.issued_by(chain[i], chain[i + 1]):
-                    ordered = False
+                    # The verifier builds the path from the certificates in any order after the leaf,
+                    # and so do GnuTLS's clients: untidy, not broken.
                     self.add(
-                        "critical",
-                        "chain-order",
-                        f"{path}: certificate #{i + 2} ({chain[i + 1].subject.rfc4514_string()}) did not "
-                        f"issue certificate #{i + 1}: clients cannot build the chain",
-                        "the file must be leaf, then its issuer, then that one's issuer",
-                        path,
-                        where,
+                        "info",
+                        "chain-unsorted",
+                        f"{path}: the certificates after the server certificate are not in issuing order "
+                        f"(#{i + 2} did not issue #{i + 1}); clients sort them, the conventional order is each "
+                        "certificate's issuer next",
+                        path=path,
+                        where=where,
                     )
                     break
         if any(pki.is_self_signed(c) for c in chain[1:]):
@@ -129,7 +142,7 @@ class ServerChecks(ProbeChecks):
                 path,
                 where,
             )
-        if ordered:
+        if leaf_first:
             self.local_leaves.append(leaf)
             try:
                 verify.verify_chain(self.store(), chain)
@@ -274,7 +287,11 @@ class ServerChecks(ProbeChecks):
                 "dir-untraversable",
                 f"directory {d} ({access.owner_text(st)}) is not searchable by {who.name}, so chronyd cannot "
                 f"reach {path} and fails with 'Could not set credentials : Error while reading file.'",
-                f"keep chronyd's files under /etc/chrony/nts/ (ntspki deploy), or chmod o+x {d}",
+                # A directory that keeps others away from a key does its job: move the key, never open it up.
+                "keep the key where only root and chronyd's user can reach it: /etc/chrony/nts/ (ntspki deploy "
+                f"writes NAME.key there as root:{who.group} 0640)"
+                if what == "key"
+                else f"keep chronyd's files under /etc/chrony/nts/ (ntspki deploy), or chmod o+x {d}",
                 path,
                 where,
             )
@@ -353,6 +370,18 @@ class ServerChecks(ProbeChecks):
                 "warning",
                 "dumpdir-not-directory",
                 f"ntsdumpdir {path} is not a directory: chronyd cannot keep its cookie keys across restarts",
+                f"point ntsdumpdir in {d.where} at a directory chronyd's user can write (e.g. /var/lib/chrony)",
+                path,
+                d.where,
+            )
+            return
+        blocker = cannot_exist(path) if not os.path.isdir(path) else None
+        if blocker:
+            self.add(
+                "warning",
+                "dumpdir-missing",
+                f"ntsdumpdir {path} does not exist and cannot be created ({blocker}): chronyd cannot keep its "
+                "cookie keys across restarts",
                 f"point ntsdumpdir in {d.where} at a directory chronyd's user can write (e.g. /var/lib/chrony)",
                 path,
                 d.where,
