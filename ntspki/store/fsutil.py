@@ -3,6 +3,8 @@
 Every file ntspki writes goes through `atomic_write`: a temp file in the destination directory,
 created 0600 so nobody else can read it even for an instant, given its final owner and mode while
 it is still private, fsynced, then renamed over the destination and the directory fsynced.
+With durable=False the two fsyncs are left out: a batch makes everything durable at once at its
+end (`Home.sync`), and a reader still never sees a partial file.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ def atomic_write(
     mode: int = 0o644,
     uid: int = -1,
     gid: int = -1,
+    durable: bool = True,
 ) -> None:
     path = Path(path)
     tmp = _temp_name(path)
@@ -65,7 +68,8 @@ def atomic_write(
             if uid != -1 or gid != -1:
                 os.fchown(fd, uid, gid)
             os.fchmod(fd, mode)
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         os.close(fd)
         fd = -1
         os.replace(tmp, path)
@@ -75,7 +79,8 @@ def atomic_write(
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def atomic_symlink(target: str, link: Path) -> None:
