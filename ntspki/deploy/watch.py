@@ -2,11 +2,13 @@
 
 The watcher follows every target's source directory (inotify through watchdog, or polling for NFS
 and container volumes) and its parent (so a lineage that appears later, or is replaced, is seen).
-certbot swaps four symlinks per renewal, unlinking each before re-creating it, and ntspki switches
-its four links one by one: after the last event it waits `debounce` seconds and then until the
-lineage reads consistently and the key matches the certificate, then runs the deploy engine for
-every target that is ready, in one run (one restart). Invalid material is refused by the engine,
-logged, and skipped; the watcher keeps going.
+certbot swaps four symlinks per renewal, unlinking each before re-creating it; ntspki renames one
+link, live/NAME, to a new version directory (an event in the parent), and the watch on the source
+directory itself moves to the directory it now names (`_dirs` keys watches by where they lead).
+After the last event it waits `debounce` seconds and then until the lineage reads consistently
+and the key matches the certificate, then runs the deploy engine for every target that is ready,
+in one run (one restart). Invalid material is refused by the engine, logged, and skipped; the
+watcher keeps going.
 
 Signals only set flags (the main loop acts on them): SIGTERM/SIGINT stop, SIGHUP re-reads the
 config. With systemd (Type=notify) it reports READY=1 after the first catch-up deploy.
@@ -86,7 +88,7 @@ class Watcher:
         self.stopping = False
         self.reload_requested = False
         self.observer: BaseObserver | None = None
-        self.watched: set[Path] = set()
+        self.watched: set[tuple[Path, str]] = set()
 
     # -- events -----------------------------------------------------------------------------
     def _on_event(self, event) -> None:
@@ -103,13 +105,14 @@ class Watcher:
         if hit:
             self.wake.set()
 
-    def _dirs(self) -> set[Path]:
-        """The source dirs and their parents that exist (a lineage may appear later)."""
+    def _dirs(self) -> set[tuple[Path, str]]:
+        """The source dirs and their parents that exist (a lineage may appear later), each with
+        the directory it leads to (inotify watches that one: a new version directory needs a new watch)."""
         out = set()
         for t in self.targets:
             for d in (t.source_dir, t.source_dir.parent):
                 if d.is_dir():
-                    out.add(d)
+                    out.add((d, os.path.realpath(d)))
         return out
 
     def _schedule(self) -> None:
@@ -129,8 +132,11 @@ class Watcher:
             observer = Observer()
         handler = FileSystemEventHandler()
         handler.on_any_event = self._on_event  # type: ignore[method-assign]
-        for d in sorted(dirs):
-            observer.schedule(handler, str(d), recursive=False)
+        for d in sorted({d for d, _ in dirs}):
+            try:  # inotify on the directory live/NAME leads to, not on the link (watchdog >= 5)
+                observer.schedule(handler, str(d), recursive=False, follow_symlink=True)
+            except TypeError:
+                observer.schedule(handler, str(d), recursive=False)
         observer.start()
         self.observer, self.watched = observer, dirs
         missing = [str(t.source_dir) for t in self.targets if not t.source_dir.is_dir()]
@@ -206,15 +212,19 @@ class Watcher:
                         log.error("config not reloaded, keeping the old one: %s", e)
                     sd_notify("READY=1")
                 now = time.monotonic()
-                if now >= next_rescan:
-                    # A source (or its parent) that did not exist may have appeared.
+                if now >= next_rescan or self.pending:
+                    # A source (or its parent) that did not exist may have appeared, or a source
+                    # now leads to another directory (a switched lineage).
                     next_rescan = now + 2.0
-                    if self._dirs() != self.watched:
+                    before = self.watched
+                    if self._dirs() != before:
                         self._schedule()
+                        changed = {d for d, _ in self.watched ^ before}
                         with self.mutex:
                             for t in self.targets:
-                                self.pending.setdefault(t.name, now)
-                                self.last_event[t.name] = now
+                                if t.source_dir in changed or t.source_dir.parent in changed:
+                                    self.pending.setdefault(t.name, now)
+                                    self.last_event[t.name] = now
                 self._deploy(self._due(now), "source changed")
         finally:
             sd_notify("STOPPING=1")
