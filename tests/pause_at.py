@@ -1,10 +1,15 @@
 """Run the ntspki CLI so that it stops itself (SIGSTOP) when it reaches a named step, so a test
 can SIGKILL it at exactly that point: `python -m tests.pause_at STEP ntspki-args...`.
 
-The product only calls its no-op step hooks (`ntspki.deploy.on_step`); this test-only wrapper is
-what turns one of them into a pause, so no environment variable in the product changes its
-behaviour. `before-rename:NAME` pauses instead inside `fsutil.atomic_write` of a file called NAME,
-after its temp file is complete and before the rename: where a kill leaves a stray temp file."""
+STEP is a name from `ntspki.deploy.STEPS` or `ntspki.store.live.STEPS`, optionally `STEP#N` to
+stop at its N-th occurrence (a batch passes each step once per lineage). `--no-exchange` before
+the ntspki arguments stands in for a file system without renameat2(RENAME_EXCHANGE).
+
+The product only calls its no-op step hooks (`ntspki.deploy.on_step`, `ntspki.store.live.on_step`);
+this test-only wrapper is what turns one of them into a pause, so no environment variable in the
+product changes its behaviour. `before-rename:NAME` pauses instead inside `fsutil.atomic_write` of
+a file called NAME, after its temp file is complete and before the rename: where a kill leaves a
+stray temp file."""
 
 from __future__ import annotations
 
@@ -15,12 +20,19 @@ from pathlib import Path
 
 from ntspki import deploy
 from ntspki.cli import main
+from ntspki.store import fsutil, live
 
 
 def _pause_at(step: str):
-    def hook(name: str) -> None:
-        if name == step:
-            os.kill(os.getpid(), signal.SIGSTOP)
+    name, _, nth = step.partition("#")
+    seen = 0
+
+    def hook(reached: str) -> None:
+        nonlocal seen
+        if reached == name:
+            seen += 1
+            if seen == int(nth or 1):
+                os.kill(os.getpid(), signal.SIGSTOP)
 
     return hook
 
@@ -37,8 +49,12 @@ def _pause_before_rename(name: str) -> None:
 
 
 if __name__ == "__main__":
+    args = sys.argv[2:]
+    if args[:1] == ["--no-exchange"]:
+        args = args[1:]
+        fsutil.exchange = lambda a, b: False  # type: ignore[assignment]
     if sys.argv[1].startswith("before-rename:"):
         _pause_before_rename(sys.argv[1].split(":", 1)[1])
     else:
-        deploy.on_step = _pause_at(sys.argv[1])
-    main(sys.argv[2:])
+        deploy.on_step = live.on_step = _pause_at(sys.argv[1])
+    main(args)

@@ -154,7 +154,8 @@ def test_name_constraints_reject_an_outside_name(tmp_path, key_type):
     one_line_error(run_cli("issue", "ntp.example.org", home=home), "ntp.example.org")
     one_line_error(run_cli("issue", "ntp2.example.net", "--san", "time.example.org", home=home), "does not verify")
     one_line_error(run_cli("issue", "ntp3.example.net", "--san", "192.0.2.1", home=home), "does not verify")
-    assert sorted(p.name for p in (home / "live").iterdir()) == ["ntp.example.net"]
+    # the lineage and its one version directory, nothing of the refused names
+    assert sorted(p.name for p in (home / "live").iterdir()) == [".ntp.example.net.v1", "ntp.example.net"]
     assert sorted(p.name for p in (home / "archive").iterdir()) == ["ntp.example.net"]
     rows = json.loads(run_cli("list", "--json", home=home, check=True).stdout)
     assert [r["name"] for r in rows] == ["ntp.example.net"]
@@ -212,9 +213,12 @@ def test_issue_layout_contents_and_modes(home):
     assert mode(archive / "privkey1.pem") == 0o600
     for kind in ("cert", "chain", "fullchain"):
         assert mode(archive / f"{kind}1.pem") == 0o644
-    for d in (home / "live", home / "archive", live, archive, home / "ca/private", home / "renewal"):
+    # live/NAME is one relative link to a complete version directory: a switch is one rename
+    assert os.readlink(live) == ".ntpserver.v1" and sorted(os.listdir(live)) == sorted(f"{k}.pem" for k in FILES)
+    for d in (home / "live", home / "archive", live.resolve(), archive, home / "ca/private", home / "renewal"):
         assert mode(d) == 0o700, d
     assert not [p for p in archive.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert sorted(os.listdir(home / "live")) == [".ntpserver.v1", "ntpserver"]
 
 
 def test_reissue_makes_version_2_and_keeps_history(home):
@@ -500,6 +504,6 @@ def test_keys_never_readable_by_others_even_with_umask_0(tmp_path):
         home / "live",
         home / "renewal",
         *(home / "archive").iterdir(),
-        *(home / "live").iterdir(),
+        *(p for p in (home / "live").iterdir() if not p.is_symlink()),  # the version directories
     ]:
         assert mode(d) == 0o700, d

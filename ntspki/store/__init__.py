@@ -5,7 +5,8 @@
     HOME/ca/intermediate.pem
     HOME/ca/private/{root,intermediate}.key     (0700 directory, 0600 keys; root key encrypted)
     HOME/archive/NAME/{cert,chain,fullchain,privkey}N.pem
-    HOME/live/NAME/{cert,chain,fullchain,privkey}.pem -> ../../archive/NAME/...N.pem
+    HOME/live/NAME -> .NAME.vN        switched in one rename (see `live`)
+    HOME/live/.NAME.vN/{cert,chain,fullchain,privkey}.pem -> ../../archive/NAME/...N.pem
     HOME/renewal/NAME.json            how to make the next version (internal or ACME)
     HOME/ledger.sqlite3, HOME/.lock
 
@@ -18,12 +19,12 @@ Layer: bottom (storage). May import `pki` (to read what it stores) and `errors`;
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,9 +32,10 @@ from ntspki.errors import NtspkiError, describe_os_error
 
 if TYPE_CHECKING:
     from ntspki.store.ledger import Ledger
-from ntspki.store import fsutil
+from ntspki.store import fsutil, live
+from ntspki.store.live import FILES, InconsistentLineage, Lineage, read_live_dir
 
-FILES = ("privkey", "cert", "chain", "fullchain")  # also the order live/ links are switched in
+__all__ = ["FILES", "Home", "InconsistentLineage", "Lineage", "check_lineage_name", "read_live_dir"]
 _NAME_OK = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._*-]{0,254}$")
 
 
@@ -53,19 +55,6 @@ def check_lineage_name(name: str) -> str:
     return name
 
 
-@dataclass
-class Lineage:
-    """A consistent, readable version of a lineage's four files."""
-
-    name: str
-    version: int
-    live_dir: Path
-    privkey: bytes
-    cert: bytes
-    chain: bytes
-    fullchain: bytes
-
-
 class Home:
     def __init__(self, path: Path | str | None = None):
         self.path = (Path(path) if path else default_home()).absolute()
@@ -77,6 +66,7 @@ class Home:
         self.ledger_path = self.path / "ledger.sqlite3"
         self.lock_path = self.path / ".lock"
         self._ledger: Ledger | None = None
+        self._preparing: dict[str, set[int]] = {}  # versions this process wrote, not yet switched
 
     # -- set-up ---------------------------------------------------------------------------------
     def ensure(self) -> Home:
@@ -144,26 +134,25 @@ class Home:
 
     def versions(self, name: str) -> list[int]:
         """Complete versions in archive/ (all four files present), ascending."""
-        d = self.archive / name
-        if not d.is_dir():
-            return []
-        found: dict[int, set] = {}
-        for p in d.iterdir():
-            m = re.fullmatch(r"(privkey|cert|chain|fullchain)(\d+)\.pem", p.name)
-            if m:
-                found.setdefault(int(m.group(2)), set()).add(m.group(1))
-        return sorted(v for v, kinds in found.items() if kinds == set(FILES))
+        return sorted(v for v, kinds in live.archive_numbers(self.archive / name).items() if kinds == set(FILES))
 
     def live_versions(self, name: str) -> dict[str, int | None]:
-        out: dict[str, int | None] = {}
-        for kind in FILES:
-            try:
-                target = os.readlink(self.live / name / f"{kind}.pem")
-                m = re.search(rf"{kind}(\d+)\.pem$", target)
-                out[kind] = int(m.group(1)) if m else None
-            except OSError:
-                out[kind] = None
+        """The version each of live/NAME's four files links to (one directory read: one version)."""
+        out: dict[str, int | None] = dict.fromkeys(FILES)
+        try:
+            dfd = os.open(self.live / name, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            return out
+        try:
+            for kind in FILES:
+                with contextlib.suppress(OSError):
+                    out[kind] = live.linked_version(os.readlink(f"{kind}.pem", dir_fd=dfd))
+        finally:
+            os.close(dfd)
         return out
+
+    def live_version(self, name: str) -> int | None:
+        return live.live_version(self.live, name)
 
     def require_lineage(self, name: str) -> str:
         """`name` if it is a lineage here; else the one error every command gives (exit 2)."""
@@ -183,55 +172,50 @@ class Home:
         chain: bytes,
         durable: bool = True,
     ) -> int:
-        """Write a new version into archive/ and switch live/ to it. Caller holds the lock.
-
-        The previous version stays untouched until the four new files are complete, so a crash
-        before the switch leaves live/ on the previous version; `repair` finishes a crash during it.
-        """
-        check_lineage_name(name)
-        archive = self.archive / name
-        live = self.live / name
-        fresh = not live.exists()
-        if not fresh:
-            self.repair(name)
-            self.reconcile_ledger(name)
-        fsutil.make_private_dir(archive)
-        fsutil.make_private_dir(live)
-        existing = [int(m.group(1)) for p in archive.iterdir() if (m := re.fullmatch(r"[a-z]+(\d+)\.pem", p.name))]
-        version = max(existing, default=0) + 1
-        # Nothing refers to a new version's files until live/ switches, so they are created in
-        # place (0600 from the first byte, O_EXCL); fullchain comes last through a rename, and its
-        # arrival is what makes the version complete (see `versions`).
-        for kind, data in (("privkey", privkey), ("cert", cert), ("chain", chain)):
-            _create(archive / f"{kind}{version}.pem", data, 0o600 if kind == "privkey" else 0o644, durable)
-        _writer(durable)(archive / f"fullchain{version}.pem", cert + chain, 0o644)
-        self._link(name, version, fresh)
-        if durable:
-            fsutil.fsync_dir(live)
+        """Write a new version into archive/ and switch live/NAME to it in one step (see `live`).
+        Caller holds the lock."""
+        version = self.prepare_version(name, privkey, cert, chain, durable)
+        self.switch_version(name, version, durable)
         return version
 
-    def _link(self, name: str, version: int, fresh: bool = False) -> None:
-        for kind in FILES:
-            target, link = f"../../archive/{name}/{kind}{version}.pem", self.live / name / f"{kind}.pem"
-            if fresh:  # a new lineage: no reader can see a half-made live/ as a mix of versions
-                os.symlink(target, link)
-            else:
-                fsutil.atomic_symlink(target, link)
+    def prepare_version(self, name: str, privkey: bytes, cert: bytes, chain: bytes, durable: bool = True) -> int:
+        """The next version of NAME, complete on disk but not live yet (`switch_version` makes it
+        live); first, what killed writes of NAME left is removed and the ledger caught up."""
+        check_lineage_name(name)
+        archive = self.archive / name
+        fsutil.make_private_dir(archive)
+        fsutil.make_private_dir(self.live)
+        current = live.settle(self.live, name)
+        numbers = live.archive_numbers(archive)
+        version = max(numbers, default=0) + 1  # never a number a killed run used
+        if numbers or current is not None:
+            recorded = {row["version"] for row in self.ledger.rows(name, latest_only=False)}
+            keep = self._preparing.get(name, set()) | ({current} if current is not None else set())
+            live.tidy(self.live, archive, name, keep, max(recorded, default=None))
+            if current is not None:
+                self.reconcile_ledger(name, recorded)
+        files = {"privkey": privkey, "cert": cert, "chain": chain, "fullchain": cert + chain}
+        live.prepare(self.live, archive, name, version, files, durable)
+        self._preparing.setdefault(name, set()).add(version)
+        return version
 
-    def repair(self, name: str) -> None:
-        """If a crash stopped a live/ switch half-way, finish it (to the newest version linked)."""
-        linked = {v for v in self.live_versions(name).values()}
-        complete = set(self.versions(name))
-        if len(linked) > 1 or (linked and None in linked and complete):
-            target = max((v for v in linked if v in complete), default=max(complete, default=None))
-            if target is not None:
-                self._link(name, target)
+    def switch_version(self, name: str, version: int, durable: bool = True) -> None:
+        live.switch(self.live, name, version, durable)
+        self._preparing.get(name, set()).discard(version)
 
-    def reconcile_ledger(self, name: str) -> None:
+    def discard_version(self, name: str, version: int) -> None:
+        """Take back a prepared version that will not go live (nothing, if it went live)."""
+        if self.live_version(name) != version:
+            live.remove_version(self.live, self.archive / name, name, version)
+        self._preparing.get(name, set()).discard(version)
+
+    def reconcile_ledger(self, name: str, recorded: set[int] | None = None) -> None:
         """Record versions on disk that the ledger lacks (a crash between the live/ switch and the
         ledger row), so `list` never shows an older certificate than the one in live/."""
-        recorded = {row["version"] for row in self.ledger.rows(name, latest_only=False)}
-        missing = [v for v in self.versions(name) if v not in recorded]
+        if recorded is None:
+            recorded = {row["version"] for row in self.ledger.rows(name, latest_only=False)}
+        preparing = self._preparing.get(name, set())  # not live yet: recorded when switched
+        missing = [v for v in self.versions(name) if v not in recorded and v not in preparing]
         if not missing:
             return
         from ntspki import pki
@@ -243,7 +227,8 @@ class Home:
             self.ledger.record(name, v, pki.CertInfo.of(cert), keys.key_type_of(cert.public_key()), source)
 
     def write_renewal(self, name: str, params: dict, durable: bool = True) -> None:
-        _writer(durable)(self.renewal / f"{name}.json", json.dumps(params, indent=2).encode() + b"\n", 0o600)
+        data = json.dumps(params, indent=2).encode() + b"\n"
+        fsutil.atomic_write(self.renewal / f"{name}.json", data, 0o600, durable=durable)
 
     def read_renewal(self, name: str) -> dict | None:
         try:
@@ -262,64 +247,3 @@ class Home:
             os.sync()
         finally:
             os.close(fd)
-
-
-def _writer(durable: bool):
-    """Replace-by-rename, with fsyncs (durable) or without (a batch, synced once at the end)."""
-    return fsutil.atomic_write if durable else _fast_write
-
-
-def _create(path: Path, data: bytes, mode: int, durable: bool) -> None:
-    """A new file that nothing refers to yet: created 0600, then given `mode`."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        if durable:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fast_write(path: Path, data: bytes, mode: int) -> None:
-    """atomic_write without the fsyncs: for batches, made durable by one `Home.sync` at the end."""
-    tmp = path.parent / f".{path.name}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.write(fd, data)
-        os.fchmod(fd, mode)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-class InconsistentLineage(NtspkiError):
-    """live/ points at files from different versions, or a file is missing (e.g. mid-renewal)."""
-
-
-def read_live_dir(live_dir: Path, name: str | None = None) -> Lineage:
-    """Read a certbot-style live directory (ntspki's or certbot's) as one consistent version."""
-    live_dir = Path(live_dir)
-    name = name or live_dir.name
-    data: dict[str, bytes] = {}
-    versions = set()
-    for kind in FILES:
-        p = live_dir / f"{kind}.pem"
-        try:
-            data[kind] = p.read_bytes()
-        except FileNotFoundError:
-            if not live_dir.exists():
-                raise NtspkiError(f"no lineage {name!r} (no {live_dir})")
-            raise InconsistentLineage(f"lineage {name!r}: {p.name} is missing")
-        except OSError as e:
-            raise NtspkiError(f"cannot read {p}: {e.strerror}")
-        if p.is_symlink():
-            m = re.search(r"(\d+)\.pem$", os.readlink(p))
-            versions.add(int(m.group(1)) if m else None)
-    if len(versions) > 1:
-        raise InconsistentLineage(
-            f"lineage {name!r}: live/ links point at different versions {sorted(map(str, versions))}"
-        )
-    version = versions.pop() if versions else 0
-    return Lineage(name, version or 0, live_dir, data["privkey"], data["cert"], data["chain"], data["fullchain"])
