@@ -242,6 +242,19 @@ def test_sigkill_at_every_step_of_a_switch(template, tmp_path, layout, step):
     assert home.versions(NAME) == ([1, 2, 3, 4] if step in ("exchanged", "switched") else [1, 2, 4])
 
 
+def test_sigkill_while_writing_the_renewal_file(template, tmp_path):
+    """After the switch, before the renewal file's rename: the next run removes the temp file
+    (a complete copy of the renewal parameters) and records the switched version in the ledger."""
+    home = _home(template, tmp_path, "current", [NAME])
+    root = [ca_mod.load(home).root]
+    _kill_at(f"before-rename:{NAME}.json", home, "issue", NAME)
+    assert [p.name for p in home.renewal.iterdir() if p.name.endswith(".tmp")]
+    assert _check_whole(home, NAME, root) == 3
+    assert json.loads(_run(home, "issue", NAME, "--json").stdout)["version"] == 4
+    assert not [p.name for p in home.renewal.iterdir() if p.name.endswith(".tmp")]
+    _check_tidy(home, [NAME])
+
+
 BATCH = [f"b{i}.example.net" for i in range(4)]
 
 

@@ -68,6 +68,7 @@ def _build(ca: ca_mod.CA, req: Request, ident: Identity) -> _Built:
 
 def _write(home: Home, ca: ca_mod.CA, built: _Built, durable: bool) -> Issued:
     """Version, renewal parameters and ledger row for one certificate (caller holds the lock)."""
+    home.remove_stale_temps([built.lineage])
     version = home.prepare_version(built.lineage, built.key_pem, built.cert_pem, ca.chain_pem, durable)
     return _publish(home, built, version, durable)
 
@@ -152,6 +153,7 @@ def issue_many(
         prepared: list[tuple[_Built, int]] = []
         issued: list[Issued] = []
         try:
+            home.remove_stale_temps([b.lineage for b in built])
             for b in built:
                 prepared.append((b, home.prepare_version(b.lineage, b.key_pem, b.cert_pem, ca.chain_pem, False)))
             home.sync()  # no lineage switches to a version that a power cut could still lose

@@ -174,9 +174,20 @@ class Home:
     ) -> int:
         """Write a new version into archive/ and switch live/NAME to it in one step (see `live`).
         Caller holds the lock."""
+        self.remove_stale_temps([name])
         version = self.prepare_version(name, privkey, cert, chain, durable)
         self.switch_version(name, version, durable)
         return version
+
+    def remove_stale_temps(self, names: list[str]) -> None:
+        """Remove renewal-file temp files that killed writes of `names` left (one directory scan
+        for a whole batch; archive/ and live/ are tidied lineage by lineage). Caller holds the lock."""
+        wanted = set(names)
+        pattern = re.compile(r"\.(.+)\.json\.[0-9a-f]{8}\.tmp")
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.renewal) as entries:
+            for entry in entries:
+                if (m := pattern.fullmatch(entry.name)) and m.group(1) in wanted and not entry.is_dir():
+                    os.unlink(entry.path)
 
     def prepare_version(self, name: str, privkey: bytes, cert: bytes, chain: bytes, durable: bool = True) -> int:
         """The next version of NAME, complete on disk but not live yet (`switch_version` makes it
