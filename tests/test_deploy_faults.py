@@ -5,6 +5,7 @@ test then SIGKILLs it there, checks what is on disk, and runs a second deploy th
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -190,3 +191,47 @@ def test_concurrent_deploys_restart_once(dl):
     assert statuses == ["deployed", "unchanged", "unchanged"], outs
     assert dl.restarts() == restarts + 1
     assert dl.served() == new
+
+
+def test_a_key_type_change_restarts_a_server_that_reloads(dl, monkeypatch):
+    """NTPsec reloads on SIGHUP but keeps serving the old key type's certificate after one
+    (test_ntpsec.py shows it with a real NTPsec): deploy asks services.needs_restart and restarts
+    instead; a run killed after installing such a change owes the next run a restart, not a HUP."""
+    from ntspki.issuing import issue
+
+    bindir = dl.root / "fakebin-ntpsec"
+    bindir.mkdir()
+    log = dl.root / "systemctl-ntpsec.log"
+    (bindir / "systemctl").write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        'case "$1" in show) for u; do :; done; [ "$u" = ntpsec.service ] && echo loaded || echo not-found ;; esac\n'
+    )
+    (bindir / "systemctl").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    dest = dl.root / "etc" / "ntpsec" / "nts"
+    key, cert = dest / "nsec.key", dest / "nsec.crt"
+    conf = dl.root / "ntp.conf"
+    conf.write_text(f"nts enable\nnts key {key}\nnts cert {cert}\n")
+    target = {"source": "nsec", "service": "ntpsec", "key": str(key), "cert": str(cert), "service_conf": str(conf)}
+    dl.write_config({"nsec": {**target, "probe": False}})
+
+    def deploy_with(key_type: str) -> str:
+        issue.issue(dl.home, "nsec", ["nsec.example"], key_type=key_type, allow_change=True)
+        proc = dl.cli("deploy", "--all")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return log.read_text().splitlines()[-1]
+
+    hup, restart = "kill --signal=HUP --kill-who=main ntpsec.service", "restart ntpsec.service"
+    try:
+        assert deploy_with("ec-p256") == hup  # the first pair: nothing served to replace
+        assert deploy_with("ec-p256") == hup
+        assert deploy_with("ed25519") == restart
+        assert deploy_with("ed25519") == hup
+        issue.issue(dl.home, "nsec", ["nsec.example"], key_type="ec-p384", allow_change=True)
+        _kill_at(dl, "installed")
+        proc = dl.cli("deploy", "--all")
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert log.read_text().splitlines()[-1] == restart
+        assert not list(dest.glob(".*ntspki*"))
+    finally:
+        dl.write_config({"ntpserver": dl.settings(probe_timeout=1)})

@@ -122,6 +122,7 @@ class _Plan:
     command: list[str]
     name: str  # the name the probe checks
     result: TargetResult
+    full_restart: bool = False  # a reload will not load this pair (services.needs_restart)
 
 
 def _home(home) -> Home:
@@ -153,7 +154,7 @@ def deploy(
         if dry_run or not plans:
             return report
         for plan in plans:
-            owe_restart(plan.target)  # cleared once its restart ran: a kill before that is caught up
+            owe_restart(plan.target, plan.full_restart)  # cleared once its restart ran: a kill before that is caught up
         for plan in plans:
             if plan.write and plan.old is not None:
                 save_previous(plan.target, plan.old)
@@ -206,10 +207,32 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
             continue
         result.new_sha256 = new.fingerprint
         current = read_pair(t.key, t.cert)
+        owed = restart_owed(t)
+        full_restart = False
+        if t.service.action == "reload" and (current is not None or owed == "restart"):
+            old_type = current.key_type if current is not None else None
+            if owed == "restart" or services.needs_restart(t.service, old_type, new.key_type):
+                full_restart = True
+                why = (
+                    "an interrupted deploy changed the key type"
+                    if owed == "restart"
+                    else f"the key type changes from {old_type} to {new.key_type}"
+                ) + f", which {t.service.name} loads only on a restart"
+                if t.restart_command:
+                    msg = f"WARNING {t.name}: {why}: the configured restart_command must restart it, not reload it"
+                    log.warning(msg)
+                    report.warnings.append(msg)
+                else:
+                    log.info("%s: %s: restarting instead of reloading", t.name, why)
+                    try:
+                        command = services.action_command(t.service, None, restart=True)
+                    except NtspkiError as e:
+                        result.message, result.exit_code = str(e), REFUSED
+                        results.error("%s: refused: %s", t.name, e)
+                        continue
         result.previous_sha256 = current.fingerprint if current else None
         deployed = current is not None and current.fingerprint == new.fingerprint and current.key_pem == new.key_pem
         name = t.probe_name or pki.san_strings(new.leaf)[0]
-        owed = restart_owed(t)
         if deployed and not force and owed:
             # Installed by a run that was killed before its restart: the server may still serve the
             # old pair, whatever a probe says (or without one): restart, then probe as usual.
@@ -232,7 +255,7 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
         # A rollback restores exactly what is in place now, byte for byte: when that already is the
         # new pair (forced, or installed by an interrupted run), it stays; `.previous` holds an older
         # pair that the server may not have served for months.
-        plan = _Plan(t, new, current, not deployed, command, name, result)
+        plan = _Plan(t, new, current, not deployed, command, name, result, full_restart)
         if dry_run:
             result.status = "would-deploy"
             writes = (
@@ -325,7 +348,7 @@ def _roll_back(command, failed, group, report) -> None:
             r.status, r.exit_code = "failed", BROKEN
             r.message = f"{why}; the previous certificate has expired, so it was not restored: check the server"
             continue
-        owe_restart(plan.target)
+        owe_restart(plan.target, plan.full_restart)
         install(plan.target, plan.old)
         log.warning("%s: restored the previous pair (sha256 %s)", plan.target.name, plan.old.fingerprint[:16])
         restored.append((plan, why))

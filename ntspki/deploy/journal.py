@@ -42,20 +42,28 @@ def _owed(target: Target) -> Path:
     return target.cert.parent / f".{target.cert.name}.ntspki-restart-owed"
 
 
-def owe_restart(target: Target) -> None:
+def owe_restart(target: Target, full: bool = False) -> None:
     """Record, durably and before the destinations change, that the server must be restarted
     (or reloaded) to load them: a run killed after installing, before its restart, leaves this for
-    the next run, which then restarts even when it probes nothing and finds the pair in place."""
+    the next run, which then restarts even when it probes nothing and finds the pair in place.
+    `full`: a reload will not do (services.needs_restart); once owed, that stays owed until paid."""
     for p in (target.key, target.cert):
         _mkdirs(p.parent)
-    if not _owed(target).exists():
-        fsutil.atomic_write(
-            _owed(target), json.dumps({"key": str(target.key), "cert": str(target.cert)}).encode(), 0o600
-        )
+    owed = restart_owed(target)
+    if owed is None or (full and owed == "reload"):
+        record = {"key": str(target.key), "cert": str(target.cert), "restart": full}
+        fsutil.atomic_write(_owed(target), json.dumps(record).encode(), 0o600)
 
 
-def restart_owed(target: Target) -> bool:
-    return _owed(target).exists()
+def restart_owed(target: Target) -> str | None:
+    """None, "reload" (the service's own action will do) or "restart" (a reload will not)."""
+    try:
+        record = json.loads(_owed(target).read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "restart"  # unreadable: the safe side
+    return "reload" if isinstance(record, dict) and record.get("restart") is False else "restart"
 
 
 def restart_paid(target: Target) -> None:

@@ -34,6 +34,10 @@ class Pair:
     def fingerprint(self) -> str:
         return pki.fingerprint(self.leaf)
 
+    @cached_property
+    def key_type(self) -> str:
+        return keys.key_type_of(keys.load_private_pem(self.key_pem))
+
     def matches(self) -> bool:
         try:
             key = keys.load_private_pem(self.key_pem)

@@ -139,12 +139,13 @@ def systemd_unit(service: Service) -> str:
     )
 
 
-def action_command(service: Service, configured: list[str] | None) -> list[str]:
-    """The argv that makes `service` load its new files."""
+def action_command(service: Service, configured: list[str] | None, restart: bool = False) -> list[str]:
+    """The argv that makes `service` load its new files; `restart` even when it reloads
+    (`needs_restart`). A configured command is used as it is: what it does is the operator's."""
     if configured:
         return configured
     unit = systemd_unit(service)
-    if service.action == "reload":
+    if service.action == "reload" and not restart:
         return ["systemctl", "kill", "--signal=HUP", "--kill-who=main", unit]
     return ["systemctl", "restart", unit]
 
