@@ -6,7 +6,7 @@ status is CRITICAL if any finding is, else WARNING, else UNKNOWN (something coul
 else OK.
 
 The audit is split by what it looks at: `findings` (the report), `checkbase` (reading files,
-adding findings), `serverside` (key, chain, permissions, ntsdumpdir), `clientside` (sources and
+adding findings), `serverside` (key, chain, expiry), `filechecks` (permissions, ntsdumpdir), `clientside` (sources and
 their trust), `probes` (`--probe`), `prometheus` (node_exporter output). This module puts them
 together and keeps `check`, `Report`, `write_prometheus`, ... importable from here.
 """

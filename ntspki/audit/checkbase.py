@@ -1,6 +1,6 @@
 """The core of `ntspki check`'s Checker: its state, how a finding is added, the trust it verifies
 against, and reading a file chronyd names as root. The checks themselves are mixins on top of it
-(`probes`, `serverside`, `clientside`); `check.Checker` is the whole audit.
+(`probes`, `filechecks`, `serverside`, `clientside`); `check.Checker` is the whole audit.
 """
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ Every step in STEPS is announced to `on_step` (a no-op): the crash tests replace
 process of their own, to stop at a step and SIGKILL the deploy exactly there.
 
 The package is split along those lines: `source` (the pair and its validation), `policy` (where it
-may be written), `journal` (the journalled install, recovery, `.previous`), `served` (the probe),
+may be written; restart or reload), `journal` (the journalled install, recovery, `.previous`), `served` (the probe),
 `report` (results and JSON), `certbot` (the hook script); this module plans, applies and rolls
 back, and keeps every name importable from `ntspki.deploy`.
 
@@ -61,7 +61,7 @@ from ntspki.deploy.journal import (
     restart_paid,
     save_previous,
 )
-from ntspki.deploy.policy import check_destination, check_server_reads
+from ntspki.deploy.policy import check_destination, check_server_reads, load_command, restart_warning
 from ntspki.deploy.report import BROKEN, OK, REFUSED, ROLLED_BACK, DeployReport, TargetResult
 from ntspki.deploy.served import _probe_once, check_served
 from ntspki.deploy.source import Pair, load_source
@@ -208,28 +208,14 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
         result.new_sha256 = new.fingerprint
         current = read_pair(t.key, t.cert)
         owed = restart_owed(t)
-        full_restart = False
-        if t.service.action == "reload" and (current is not None or owed == "restart"):
-            old_type = current.key_type if current is not None else None
-            if owed == "restart" or services.needs_restart(t.service, old_type, new.key_type):
-                full_restart = True
-                why = (
-                    "an interrupted deploy changed the key type"
-                    if owed == "restart"
-                    else f"the key type changes from {old_type} to {new.key_type}"
-                ) + f", which {t.service.name} loads only on a restart"
-                if t.restart_command:
-                    msg = f"WARNING {t.name}: {why}: the configured restart_command must restart it, not reload it"
-                    log.warning(msg)
-                    report.warnings.append(msg)
-                else:
-                    log.info("%s: %s: restarting instead of reloading", t.name, why)
-                    try:
-                        command = services.action_command(t.service, None, restart=True)
-                    except NtspkiError as e:
-                        result.message, result.exit_code = str(e), REFUSED
-                        results.error("%s: refused: %s", t.name, e)
-                        continue
+        try:
+            command, full_restart, warning = load_command(t, command, current, new, owed)
+        except NtspkiError as e:
+            result.message, result.exit_code = str(e), REFUSED
+            results.error("%s: refused: %s", t.name, e)
+            continue
+        if warning:
+            report.warnings.append(warning)
         result.previous_sha256 = current.fingerprint if current else None
         deployed = current is not None and current.fingerprint == new.fingerprint and current.key_pem == new.key_pem
         name = t.probe_name or pki.san_strings(new.leaf)[0]
@@ -273,24 +259,8 @@ def _plan(targets, report, dry_run, force) -> list[_Plan]:
 
 def _warn_ntsdumpdir(plans: list[_Plan], report: DeployReport) -> None:
     for plan in plans:
-        t = plan.target
-        if t.service.name != "chrony" or t.service.action != "restart":
-            continue
-        facts = services.chrony_conf_facts(t.service_conf)
-        if not facts["readable"]:
-            msg = (
-                f"{t.name}: cannot read chrony's configuration ({t.service_conf or 'not found'}) to check "
-                "ntsdumpdir: set service_conf"
-            )
-        elif not facts["ntsdumpdir"]:
-            msg = (
-                f"WARNING {t.name}: chronyd has no ntsdumpdir in {t.service_conf}: this restart makes "
-                "new cookie keys, so every client's NTS cookies are rejected (NTSN) and all clients "
-                f"must redo NTS-KE. Fix: add `ntsdumpdir /var/lib/chrony` to {t.service_conf}"
-            )
-        else:
-            continue
-        if msg not in report.warnings:
+        msg = restart_warning(plan.target)
+        if msg and msg not in report.warnings:
             report.warnings.append(msg)
             log.warning(msg)
 

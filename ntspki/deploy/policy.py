@@ -1,15 +1,20 @@
 """Where a deploy may write: destinations that are not symlinks, in directories only root can
-write, readable by the server's user, and the very files the server's config makes it read."""
+write, readable by the server's user, and the very files the server's config makes it read; and how
+the server must load them (restart or reload, and what to warn about before a restart)."""
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from ntspki.deploy.deployconfig import Target
+from ntspki.deploy.source import Pair
 from ntspki.errors import NtspkiError
 from ntspki.servers import services
 from ntspki.store import access
+
+log = logging.getLogger("ntspki.deploy")
 
 
 def _reader(target: Target) -> access.Reader:
@@ -93,3 +98,49 @@ def check_server_reads(target: Target) -> None:
         f"{target.name!r} writes {target.key} and {target.cert}: point the target's key and cert at the files "
         f"the server reads, or change {where} to `{lines}`"
     )
+
+
+def load_command(
+    target: Target, command: list[str], current: Pair | None, new: Pair, owed: str | None
+) -> tuple[list[str], bool, str | None]:
+    """(command, whether it must be a full restart, a warning) to make the server load `new` over
+    `current`: the service's own action, unless it reloads and this change needs a restart
+    (services.needs_restart; also when an interrupted run owes one). A configured command is
+    the operator's: it is kept, with a warning that it must restart."""
+    t = target
+    if t.service.action != "reload" or (current is None and owed != "restart"):
+        return command, False, None
+    old_type = current.key_type if current is not None else None
+    if owed != "restart" and not services.needs_restart(t.service, old_type, new.key_type):
+        return command, False, None
+    why = (
+        "an interrupted deploy changed the key type"
+        if owed == "restart"
+        else f"the key type changes from {old_type} to {new.key_type}"
+    ) + f", which {t.service.name} loads only on a restart"
+    if t.restart_command:
+        msg = f"WARNING {t.name}: {why}: the configured restart_command must restart it, not reload it"
+        log.warning(msg)
+        return command, True, msg
+    log.info("%s: %s: restarting instead of reloading", t.name, why)
+    return services.action_command(t.service, None, restart=True), True, None
+
+
+def restart_warning(target: Target) -> str | None:
+    """What to say before restarting chronyd when its configuration keeps no cookie keys."""
+    t = target
+    if t.service.name != "chrony" or t.service.action != "restart":
+        return None
+    facts = services.chrony_conf_facts(t.service_conf)
+    if not facts["readable"]:
+        return (
+            f"{t.name}: cannot read chrony's configuration ({t.service_conf or 'not found'}) to check "
+            "ntsdumpdir: set service_conf"
+        )
+    if not facts["ntsdumpdir"]:
+        return (
+            f"WARNING {t.name}: chronyd has no ntsdumpdir in {t.service_conf}: this restart makes "
+            "new cookie keys, so every client's NTS cookies are rejected (NTSN) and all clients "
+            f"must redo NTS-KE. Fix: add `ntsdumpdir /var/lib/chrony` to {t.service_conf}"
+        )
+    return None
