@@ -182,11 +182,10 @@ class Home:
     def remove_stale_temps(self, names: list[str]) -> None:
         """Remove renewal-file temp files that killed writes of `names` left (one directory scan
         for a whole batch; archive/ and live/ are tidied lineage by lineage). Caller holds the lock."""
-        wanted = set(names)
-        pattern = re.compile(r"\.(.+)\.json\.[0-9a-f]{8}\.tmp")
+        wanted = {f"{name}.json" for name in names}
         with contextlib.suppress(FileNotFoundError), os.scandir(self.renewal) as entries:
             for entry in entries:
-                if (m := pattern.fullmatch(entry.name)) and m.group(1) in wanted and not entry.is_dir():
+                if fsutil.temp_for(entry.name) in wanted and not entry.is_dir():
                     os.unlink(entry.path)
 
     def prepare_version(self, name: str, privkey: bytes, cert: bytes, chain: bytes, durable: bool = True) -> int:

@@ -29,19 +29,27 @@ def _temp_name(path: Path) -> Path:
     return path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
 
 
+_TEMP = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
+
+
+def temp_for(name: str) -> str | None:
+    """The file name an `atomic_write`/`atomic_symlink` temp file called `name` was made for, or None."""
+    m = _TEMP.fullmatch(name)
+    return m.group(1) if m else None
+
+
 def remove_stale_temps(path: Path | str) -> list[Path]:
     """Remove the temp files that `atomic_write(path)` or `atomic_symlink(..., path)` leaves when
     its process is killed before the rename (for a key: a complete private-key copy). Only for a
     caller that holds the lock every writer of `path` takes: a live writer's temp file looks the same."""
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.[0-9a-f]{{8}}\.tmp")
     removed: list[Path] = []
     try:
         entries = list(os.scandir(path.parent))
     except FileNotFoundError:
         return removed
     for entry in entries:
-        if pattern.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+        if temp_for(entry.name) == path.name and not entry.is_dir(follow_symlinks=False):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(entry.path)
                 removed.append(Path(entry.path))
