@@ -33,6 +33,7 @@ showing it.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Sequence
 
 from cryptography import x509
@@ -178,6 +179,13 @@ def issued_by(child: x509.Certificate, parent: x509.Certificate) -> bool:
     """Whether `parent` is named as `child`'s issuer and its key verifies `child`'s signature."""
     if child.issuer != parent.subject:
         return False
+    return _signature_verifies(child, parent)
+
+
+# Certificates hash and compare by their DER, so a pair always verifies the same way: a batch
+# checks its intermediate against the root once, not once for every leaf.
+@functools.lru_cache(maxsize=32)
+def _signature_verifies(child: x509.Certificate, parent: x509.Certificate) -> bool:
     try:
         child.verify_directly_issued_by(parent)
     except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
