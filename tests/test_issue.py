@@ -17,7 +17,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ntspki import pki
 from ntspki.pki import keys, verify
-from ntspki.store import FILES
+from ntspki.store import FILES, Home
 from tests.conftest import NTSPKI, run_cli
 
 PASSPHRASE = "correct horse battery staple"
@@ -358,6 +358,39 @@ def test_batch_line_outside_name_constraints_issues_nothing(tmp_path):
     batch.write_text("ntp1.example.net\nntp2.example.net\nntp.example.org\n")
     one_line_error(run_cli("issue", "--from", batch, home=home), "line 3", "does not verify")
     assert list((home / "live").iterdir()) == [] and list((home / "archive").iterdir()) == []
+
+
+def _tree(home: Path) -> dict:
+    """Every path under `home` with what it holds (the ledger's own files aside: opening it touches them)."""
+    out: dict[Path, object] = {}
+    for p in sorted(home.rglob("*")):
+        if "ledger" not in p.name:
+            out[p] = os.readlink(p) if p.is_symlink() else "dir" if p.is_dir() else p.read_bytes()
+    return out
+
+
+def test_large_batch_on_every_cpu_then_one_bad_line_takes_everything_back(tmp_path):
+    """A batch large enough for the forked workers: every key its own (no RNG state shared across
+    the fork), every key with its certificate; then a batch whose 90th line is refused: the
+    versions written for lines 1-89 before it was found are taken back, live/ is untouched."""
+    home = tmp_path / "home"
+    ca_create(home, "--no-passphrase", "--permit-dns", "example.net")
+    names = [f"ntp{i}.example.net" for i in range(100)]
+    batch = tmp_path / "fleet.txt"
+    batch.write_text("".join(f"{n}\n" for n in names))
+    out = json.loads(run_cli("issue", "--from", batch, "--json", home=home, check=True).stdout)
+    assert [(r["name"], r["version"]) for r in out] == [(n, 1) for n in names]
+    h = Home(home)
+    lineages = [h.read_lineage(n) for n in names]
+    assert len({lin.privkey for lin in lineages}) == len({r["serial"] for r in out}) == 100
+    for lin in lineages:
+        assert keys.key_matches_cert(keys.load_private_pem(lin.privkey), pki.load_certs(lin.cert)[0])
+    before = _tree(home)
+    names[89] = "ntp.example.org"
+    batch.write_text("".join(f"{n}\n" for n in names))
+    one_line_error(run_cli("issue", "--from", batch, home=home), "line 90", "does not verify")
+    assert _tree(home) == before
+    assert {r["version"] for r in json.loads(run_cli("list", "--json", home=home, check=True).stdout)} == {1}
 
 
 # ---- bad input: one line, non-zero, no traceback ------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,30 +139,32 @@ def issue_many(
 ) -> list[Issued]:
     """A fleet in one lock; durable on return.
 
-    Every certificate is made and validated before the first one is written, so a bad request
+    Every certificate is made and validated before the first one goes live, so a bad request
     (say, a name outside the CA's name constraints, or one that would change an existing lineage's
-    names) issues nothing and names its line. Keys and certificates are made on every CPU
-    (`_build_all`); the files are written by this process alone, in two passes with one
-    file-system sync after each: every new version complete on disk, then each lineage switched
-    with its ledger row. A batch killed part-way leaves each lineage at its old or its new version
-    and a ledger that matches; the next write of a lineage removes what was not switched."""
+    names) issues nothing and names its line: the versions written until then are taken back.
+    Keys and certificates are made on every CPU (`_builder`) while this process alone writes each
+    new version (archive files and version directory, not live yet) as it arrives; then one
+    file-system sync, each lineage switched with its ledger row, and a second sync. A batch killed
+    part-way leaves each lineage at its old or its new version and a ledger that matches; the next
+    write of a lineage removes what was not switched."""
     _check_options(key_type, days)
     ca = ca_mod.load(home)
-    built = _build_all(home, ca, requests, key_type, days, allow_change, progress)
     home.ensure()
-    with home.lock():
+    with _builder(home, ca, requests, key_type, days, allow_change) as results, home.lock():
         prepared: list[tuple[_Built, int]] = []
         issued: list[Issued] = []
         try:
-            home.remove_stale_temps([b.lineage for b in built])
-            for b in built:
+            for b in results:
                 prepared.append((b, home.prepare_version(b.lineage, b.key_pem, b.cert_pem, ca.chain_pem, False)))
+                if progress:
+                    progress(1)
+            home.remove_stale_temps([b.lineage for b, _ in prepared])
             home.sync()  # no lineage switches to a version that a power cut could still lose
             for b, version in prepared:
                 issued.append(_publish(home, b, version, durable=False))
             return issued
         except BaseException:
-            for b, version in prepared[len(issued) :]:
+            for b, version in reversed(prepared[len(issued) :]):
                 home.discard_version(b.lineage, version)
             raise
         finally:
@@ -172,48 +175,40 @@ def issue_many(
 _job: tuple | None = None
 
 
-def _build_all(
+@contextlib.contextmanager
+def _builder(
     home: Home,
     ca: ca_mod.CA,
     requests: list[Request],
     key_type: str | None,
     days: int | None,
     allow_change: bool,
-    progress,
-) -> list[_Built]:
-    """`keep_identity` and `_build` for every request, in order, on every CPU for a large batch
-    (forked workers: they inherit the loaded CA). The first failing request, in file order, is
-    the error."""
+) -> Iterator[Iterator[_Built]]:
+    """`keep_identity` and `_build` for every request, yielded in request order; for a large batch
+    on every CPU (forked workers: they inherit the loaded CA, and fork before the caller takes the
+    home lock). The first failing request, in file order, raises its error."""
     global _job
     _job = (home, ca, key_type, days, allow_change)
     work = [(r.name, r.sans, r.origin) for r in requests]
     workers = min(os.cpu_count() or 1, len(work) // 32)
-    chunks: list[list[_Built] | _Failed] = []
-    if workers < 2:
-        for item in work:
-            chunks.append(_build_chunk([item]))
-            if isinstance(chunks[-1], _Failed):
-                break
-            if progress:
-                progress(1)
-    else:
-        import multiprocessing
+    try:
+        if workers < 2:
+            yield _in_order(_build_chunk([item]) for item in work)
+        else:
+            import multiprocessing
 
-        size = max(8, min(64, len(work) // (workers * 8)))
-        with multiprocessing.get_context("fork").Pool(workers) as pool:  # leaving it stops the workers
-            for chunk in pool.imap(_build_chunk, [work[i : i + size] for i in range(0, len(work), size)]):
-                chunks.append(chunk)
-                if isinstance(chunk, _Failed):
-                    break
-                if progress:
-                    progress(len(chunk))
-    _job = None
-    built: list[_Built] = []
+            size = max(8, min(64, len(work) // (workers * 8)))
+            with multiprocessing.get_context("fork").Pool(workers) as pool:  # leaving it stops the workers
+                yield _in_order(pool.imap(_build_chunk, [work[i : i + size] for i in range(0, len(work), size)]))
+    finally:
+        _job = None
+
+
+def _in_order(chunks: Iterable[list[_Built] | _Failed]) -> Iterator[_Built]:
     for chunk in chunks:
         if isinstance(chunk, _Failed):
             raise NtspkiError(chunk.message, chunk.exit_code)
-        built.extend(chunk)
-    return built
+        yield from chunk
 
 
 @dataclass

@@ -67,6 +67,7 @@ class Home:
         self.lock_path = self.path / ".lock"
         self._ledger: Ledger | None = None
         self._preparing: dict[str, set[int]] = {}  # versions this process wrote, not yet switched
+        self._live_ready = False
 
     # -- set-up ---------------------------------------------------------------------------------
     def ensure(self) -> Home:
@@ -194,7 +195,9 @@ class Home:
         check_lineage_name(name)
         archive = self.archive / name
         fsutil.make_private_dir(archive)
-        fsutil.make_private_dir(self.live)
+        if not self._live_ready:  # once a process: a batch calls this for every lineage
+            fsutil.make_private_dir(self.live)
+            self._live_ready = True
         current = live.settle(self.live, name)
         numbers = live.archive_numbers(archive)
         version = max(numbers, default=0) + 1  # never a number a killed run used
@@ -217,6 +220,8 @@ class Home:
         """Take back a prepared version that will not go live (nothing, if it went live)."""
         if self.live_version(name) != version:
             live.remove_version(self.live, self.archive / name, name, version)
+            with contextlib.suppress(OSError):  # a lineage that this batch would have begun
+                (self.archive / name).rmdir()
         self._preparing.get(name, set()).discard(version)
 
     def reconcile_ledger(self, name: str, recorded: set[int] | None = None) -> None:

@@ -41,7 +41,7 @@ STEPS = (
     "archive-privkey",
     "archive-cert",
     "archive-chain",
-    "archive-fullchain",  # the archive version is complete
+    "archive-fullchain",  # the archive version is complete (not live yet)
     "version-dir",
     "version-linked",  # live/.NAME.vN is complete
     "switch-link",  # live/.NAME.tmp -> .NAME.vN exists
@@ -63,6 +63,10 @@ on_step: Callable[[str], None] = _no_step
 
 def version_dir(name: str, version: int) -> str:
     return f".{name}.v{version}"
+
+
+def _is_version_dir(name: str, entry: str) -> bool:
+    return re.fullmatch(rf"\.{re.escape(name)}\.v\d+", entry) is not None
 
 
 def _temp_link(name: str) -> str:
@@ -94,13 +98,13 @@ def linked_version(target: str) -> int | None:
 def live_version(live: Path, name: str) -> int | None:
     """The version live/NAME shows: its link's version directory, or (earlier layout, certbot) the
     newest version its four links name. None when there is no live/NAME."""
-    link = live / name
+    link = f"{os.fspath(live)}/{name}"
     try:
         target = os.readlink(link)
     except FileNotFoundError:
         return None
     except OSError:  # not a link: a directory of links
-        found = {linked_version(t) for t in _links(link).values()}
+        found = {linked_version(t) for t in _links(Path(link)).values()}
         return max((v for v in found if v is not None), default=None)
     m = re.fullmatch(rf"\.{re.escape(name)}\.v(\d+)", target)
     return int(m.group(1)) if m else None
@@ -126,7 +130,7 @@ def _remove(path: Path) -> None:
         os.unlink(path)
 
 
-def _create(path: Path, data: bytes, mode: int, durable: bool) -> None:
+def _create(path: str, data: bytes, mode: int, durable: bool) -> None:
     """A new file that nothing refers to yet: created 0600 (O_EXCL), then given `mode`."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
@@ -143,10 +147,13 @@ def _create(path: Path, data: bytes, mode: int, durable: bool) -> None:
 
 def settle(live: Path, name: str) -> int | None:
     """Undo a conversion killed while live/NAME was set aside; the version live/NAME shows."""
-    link, aside = live / name, live / _aside(name)
-    if not os.path.lexists(link) and os.path.isdir(aside) and not os.path.islink(aside):
-        os.rename(aside, link)
-    return live_version(live, name)
+    version = live_version(live, name)
+    if version is None and not os.path.lexists(live / name):
+        aside = live / _aside(name)
+        if os.path.isdir(aside) and not os.path.islink(aside):
+            os.rename(aside, live / name)
+            version = live_version(live, name)
+    return version
 
 
 def tidy(live: Path, archive: Path, name: str, keep: set[int], newest_recorded: int | None) -> None:
@@ -175,49 +182,59 @@ def tidy(live: Path, archive: Path, name: str, keep: set[int], newest_recorded: 
 
 def prepare(live: Path, archive: Path, name: str, version: int, files: dict[str, bytes], durable: bool) -> None:
     """Version `version`'s archive files and its complete version directory; live/ unchanged."""
-    for kind in ("privkey", "cert", "chain"):
-        _create(archive / f"{kind}{version}.pem", files[kind], 0o600 if kind == "privkey" else 0o644, durable)
+    # Created in place: nothing refers to them before the version directory does, and a version
+    # that never went live is removed by the next write (`tidy`), however far it got. (Plain
+    # strings here: a batch does this a thousand times, and pathlib's joins cost more than the calls.)
+    arch, vdir = os.fspath(archive), f"{os.fspath(live)}/{version_dir(name, version)}"
+    for kind in FILES:
+        _create(f"{arch}/{kind}{version}.pem", files[kind], 0o600 if kind == "privkey" else 0o644, durable)
         on_step(f"archive-{kind}")
-    # fullchain arrives last, whole, through a rename: a version with all four files is complete
-    # (see `archive_numbers`), also for certbot-minded tools that look at archive/ alone.
-    fsutil.atomic_write(archive / f"fullchain{version}.pem", files["fullchain"], 0o644, durable=durable)
-    on_step("archive-fullchain")
-    vdir = live / version_dir(name, version)
+    if durable:
+        fsutil.fsync_dir(archive)
     os.mkdir(vdir, 0o700)
     on_step("version-dir")
     for kind in FILES:
-        os.symlink(f"../../archive/{name}/{kind}{version}.pem", vdir / f"{kind}.pem")
+        os.symlink(f"../../archive/{name}/{kind}{version}.pem", f"{vdir}/{kind}.pem")
     if durable:
-        fsutil.fsync_dir(vdir)
+        fsutil.fsync_dir(Path(vdir))
         fsutil.fsync_dir(live)
     on_step("version-linked")
 
 
 def switch(live: Path, name: str, version: int, durable: bool) -> None:
     """Point live/NAME at version `version` in one rename, then drop the previous version's directory."""
-    link, tmp = live / name, live / _temp_link(name)
-    previous = live_version(live, name)
-    _remove(tmp)
-    os.symlink(version_dir(name, version), tmp)
+    link, tmp = f"{os.fspath(live)}/{name}", f"{os.fspath(live)}/{_temp_link(name)}"
+    try:
+        previous: str | None = os.readlink(link)
+        earlier = False
+    except FileNotFoundError:
+        previous, earlier = None, False
+    except OSError:  # not a link: the earlier layout, a directory of links
+        previous, earlier = None, True
+    try:
+        os.symlink(version_dir(name, version), tmp)
+    except FileExistsError:  # a killed run's
+        _remove(Path(tmp))
+        os.symlink(version_dir(name, version), tmp)
     on_step("switch-link")
-    if os.path.isdir(link) and not os.path.islink(link):  # the earlier layout: convert it
-        if fsutil.exchange(tmp, link):
+    if earlier:  # convert it
+        if fsutil.exchange(Path(tmp), Path(link)):
             on_step("exchanged")
         else:
-            aside = live / _aside(name)
+            aside = f"{os.fspath(live)}/{_aside(name)}"
             os.rename(link, aside)
             on_step("set-aside")
             os.rename(tmp, link)
             tmp = aside
-        _remove(tmp)  # the old directory of links
+        _remove(Path(tmp))  # the old directory of links
     else:
         os.replace(tmp, link)
     on_step("switched")
     if durable:
         fsutil.fsync_dir(live)
-    if previous is not None and previous != version:
+    if previous is not None and previous != version_dir(name, version) and _is_version_dir(name, previous):
         # Readers that entered it a moment ago retry on the new one (`read_live_dir`).
-        _remove(live / version_dir(name, previous))
+        _remove(live / previous)
 
 
 def remove_version(live: Path, archive: Path, name: str, version: int) -> None:
