@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,12 +57,12 @@ class Account:
 
 def load_account(home: Home, directory_url: str) -> Account | None:
     d = account_dir(home, directory_url)
-    try:
-        meta = json.loads((d / "account.json").read_text())
-        key_pem = (d / "private_key.pem").read_bytes()
-    except FileNotFoundError:
+    if not os.path.lexists(d / "account.json"):
         return None
-    except (OSError, ValueError) as e:
+    try:
+        meta = json.loads(fsutil.read_bounded(d / "account.json", 64 << 10, "ACME account", exit_code=1))
+        key_pem = fsutil.read_bounded(d / "private_key.pem", fsutil.PEM_LIMIT, "ACME account key", exit_code=1)
+    except (OSError, ValueError, RecursionError) as e:
         raise NtspkiError(f"cannot read the ACME account in {d}: {e}")
     key = keys.load_private_pem(key_pem, what=f"ACME account key {d / 'private_key.pem'}")
     return Account(

@@ -68,6 +68,12 @@ class OrderSpec:
 
     @classmethod
     def from_renewal(cls, name: str, params: dict) -> OrderSpec:
+        where = f"renewal/{name}.json is not a usable ACME renewal configuration"
+        for key in ("directory", "ca_bundle", "key_type", "profile"):
+            if params.get(key) is not None and not isinstance(params[key], str):
+                raise NtspkiError(f"{where} ({key} must be text, not {params[key]!r:.40})")
+        if not isinstance(params.get("sans"), list) or not all(isinstance(n, str) for n in params["sans"]):
+            raise NtspkiError(f"{where} (sans must be a list of names)")
         try:
             return cls(
                 name=name,
@@ -78,8 +84,8 @@ class OrderSpec:
                 profile=params.get("profile"),
                 challenge=Challenge.from_dict(params.get("challenge", {})),
             )
-        except (KeyError, TypeError) as e:
-            raise NtspkiError(f"renewal/{name}.json is not a usable ACME renewal configuration ({e})")
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise NtspkiError(f"{where} ({type(e).__name__}: {e})")
 
 
 # ---- ordering -------------------------------------------------------------------------------

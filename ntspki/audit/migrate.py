@@ -22,6 +22,7 @@ from pathlib import Path
 from ntspki.errors import NtspkiError
 from ntspki.nts import NTSKE_PORT
 from ntspki.pki import names
+from ntspki.store import fsutil
 
 MAX_CONF_BYTES = 1 << 20
 MAX_INCLUDE_DEPTH = 5  # ntpd's own limit
@@ -128,27 +129,7 @@ class Migration:
 
 def _read_text(path: str) -> str:
     """A bounded read of a regular text file (ntp.conf or one it includes)."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
-    import stat as stat_mod
-
-    if not stat_mod.S_ISREG(st.st_mode):
-        raise NtspkiError(f"cannot read {path}: not a regular file", 2)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_CONF_BYTES + 1)
-    except OSError as e:
-        raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
-    if len(data) > MAX_CONF_BYTES:
-        raise NtspkiError(f"{path} is larger than {MAX_CONF_BYTES} bytes: not an ntp.conf", 2)
-    if b"\0" in data:
-        raise NtspkiError(f"{path} is not a text file", 2)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise NtspkiError(f"{path} is not UTF-8 text", 2)
+    return fsutil.read_bounded(path, MAX_CONF_BYTES, "ntp.conf").decode()
 
 
 def read_conf(path: str) -> tuple[list[Line], list[str]]:

@@ -114,35 +114,77 @@ def progress(length: int, label: str) -> Any:
     return click.progressbar(length=length, label=label, file=stderr, show_pos=True)
 
 
+class Seconds(click.ParamType):
+    """A finite number in [low, high]: click's FloatRange lets nan through and inf means "never"."""
+
+    name = "seconds"
+
+    def __init__(self, low: float, high: float, low_open: bool = False):
+        self.low, self.high, self.low_open = low, high, low_open
+
+    def convert(self, value, param, ctx):
+        import math
+
+        try:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            self.fail(f"{value!r} is not a number of seconds", param, ctx)
+        if (
+            not math.isfinite(number)
+            or number > self.high
+            or number < self.low
+            or (self.low_open and number == self.low)
+        ):
+            low = f"more than {self.low:g}" if self.low_open else f"at least {self.low:g}"
+            self.fail(f"{value!r} is not {low} and at most {self.high:g} seconds", param, ctx)
+        return number
+
+    def get_metavar(self, param, ctx=None):
+        return "SECONDS"
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     raise NtspkiError(message, code)
 
 
+def _one_line(text: str) -> str:
+    """Errors are one line on stderr: logs and monitoring read them line by line."""
+    return " ".join(str(text).split()) or "unknown error"
+
+
+def _error(message: str, code: int) -> NoReturn:
+    click.echo(f"ntspki: error: {_one_line(message)}", err=True)
+    sys.exit(code)
+
+
 def main(argv=None) -> None:
+    import os
+
     try:
         rv = cli.main(args=argv, prog_name="ntspki", standalone_mode=False)
     except NtspkiError as e:
-        click.echo(f"ntspki: error: {e}", err=True)
-        sys.exit(e.exit_code)
+        _error(str(e), e.exit_code)
     except click.exceptions.Abort:
         click.echo("ntspki: aborted", err=True)
         sys.exit(130)
     except click.UsageError as e:
         # One line like every other error (click's own format is usage + blank line + error).
         hint = f" (see '{e.ctx.command_path} --help')" if e.ctx else ""
-        click.echo(f"ntspki: error: {e.format_message()}{hint}", err=True)
-        sys.exit(e.exit_code)
+        _error(f"{e.format_message()}{hint}", e.exit_code)
     except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
+        _error(e.format_message(), e.exit_code)
     except KeyboardInterrupt:
         click.echo("ntspki: interrupted", err=True)
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(1)
     except OSError as e:
-        click.echo(f"ntspki: error: {describe_os_error(e)}", err=True)
-        sys.exit(1)
+        _error(describe_os_error(e), 1)
+    except Exception as e:
+        # A bug, not bad input: still one line for the user; the traceback is for developers.
+        if os.environ.get("NTSPKI_DEBUG"):
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (NTSPKI_DEBUG=1 shows the traceback)", 1)
     sys.exit(rv if isinstance(rv, int) else 0)
 
 

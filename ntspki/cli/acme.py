@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ntspki.cli import SuggestingGroup, echo_json, fail, get_home, progress
+from ntspki.cli import Seconds, SuggestingGroup, echo_json, fail, get_home, progress
 from ntspki.pki.keys import ACME_KEY_TYPES
 
 
@@ -97,7 +97,7 @@ def register(ctx, directory, staging, ca_bundle, agree_tos, email, eab_kid, eab_
 @click.option("--profile", metavar="NAME", help="ACME profile to order (e.g. Let's Encrypt's `shortlived`).")
 @click.option(
     "--http-port",
-    type=int,
+    type=click.IntRange(1, 65535),
     default=80,
     show_default=True,
     help="http-01 standalone: port to answer on (the CA always connects to port 80; forward it here if needed).",
@@ -123,7 +123,7 @@ def register(ctx, directory, staging, ca_bundle, agree_tos, email, eab_kid, eab_
 )
 @click.option(
     "--dns-wait",
-    type=float,
+    type=Seconds(0, 3600),
     default=0,
     show_default=True,
     metavar="SECONDS",
@@ -217,7 +217,7 @@ def issue_cmd(
 )
 @click.option(
     "--jitter",
-    type=click.FloatRange(min=0),
+    type=Seconds(0, 86400),
     default=0,
     metavar="SECONDS",
     help="First sleep a random time up to SECONDS (for timers on many hosts).",

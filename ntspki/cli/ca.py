@@ -13,12 +13,14 @@ from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 
 def read_passphrase(passphrase_file: str | None, confirm: bool) -> bytes:
     """--passphrase-file, else $NTSPKI_PASSPHRASE, else a prompt on a terminal."""
+    from ntspki.pki.keys import MAX_PASSPHRASE, check_passphrase
+    from ntspki.store import fsutil
+
     if passphrase_file:
-        try:
-            with open(passphrase_file, "rb") as f:
-                value = f.read().rstrip(b"\r\n")
-        except OSError as e:
-            fail(f"cannot read passphrase file {passphrase_file}: {e.strerror}", 2)
+        data = fsutil.read_bounded(passphrase_file, MAX_PASSPHRASE + 2, "passphrase file", binary=True)
+        value = data[:-1] if data.endswith(b"\n") else data
+        value = value[:-1] if value.endswith(b"\r") else value
+        return check_passphrase(value, f"the passphrase in {passphrase_file}")
     elif os.environ.get("NTSPKI_PASSPHRASE"):
         value = os.environ["NTSPKI_PASSPHRASE"].encode()
     elif sys.stdin.isatty():
@@ -29,9 +31,7 @@ def read_passphrase(passphrase_file: str | None, confirm: bool) -> bytes:
             "or use --no-passphrase (labs only)",
             2,
         )
-    if not value:
-        fail("the passphrase is empty", 2)
-    return value
+    return check_passphrase(value)
 
 
 @click.group()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ntspki.cli import echo_json, get_home
+from ntspki.cli import Seconds, echo_json, get_home
 
 MARK = {"ok": "ok", "info": "info", "warning": "WARNING", "critical": "CRITICAL", "unknown": "UNKNOWN"}
 
@@ -81,7 +81,7 @@ class MonitoringCommand(click.Command):
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1, 300),
+    type=Seconds(0.1, 300),
     default=5.0,
     show_default=True,
     metavar="SECONDS",

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from ntspki.cli import SuggestingGroup, echo_json, fail, get_home
+from ntspki.cli import Seconds, SuggestingGroup, echo_json, fail, get_home
 
 
 def _targets(ctx, names, all_, sources, config, oneoff: dict):
@@ -104,7 +104,9 @@ def _targets(ctx, names, all_, sources, config, oneoff: dict):
     "--probe-name", metavar="NAME", help="One-off: name the certificate must be valid for (default: its first)."
 )
 @click.option(
-    "--probe-timeout", type=float, help="One-off: seconds to wait for the new certificate to be served (default 10)."
+    "--probe-timeout",
+    type=Seconds(0, 3600, low_open=True),
+    help="One-off: seconds to wait for the new certificate to be served (default 10).",
 )
 @click.option(
     "--ca",
@@ -160,14 +162,14 @@ def deploy(ctx, names, all_, sources, config, dry_run, force, recover, as_json, 
 @click.option("--poll", is_flag=True, help="Poll the sources instead of inotify (NFS, container volumes).")
 @click.option(
     "--poll-interval",
-    type=click.FloatRange(min=0.05),
+    type=Seconds(0.05, 3600),
     default=2.0,
     show_default=True,
     help="Seconds between polls with --poll.",
 )
 @click.option(
     "--debounce",
-    type=click.FloatRange(min=0.0),
+    type=Seconds(0, 3600),
     default=0.2,
     show_default=True,
     help="Quiet seconds after the last change before deploying.",

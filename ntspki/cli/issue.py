@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ntspki.cli import echo_json, fail, get_home, progress
+from ntspki.pki import MAX_DAYS
 from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 
 
@@ -17,7 +18,9 @@ from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
     metavar="NAME_OR_IP",
     help="Another name clients use: a host name (DNS SAN) or an IPv4/IPv6 address (IP SAN). Repeatable.",
 )
-@click.option("--days", type=int, help="Validity in days.  [default: the lineage's own, else 90]")
+@click.option(
+    "--days", type=click.IntRange(1, MAX_DAYS), help="Validity in days.  [default: the lineage's own, else 90]"
+)
 @click.option(
     "--key-type",
     type=click.Choice(KEY_TYPES),
@@ -91,7 +94,12 @@ def _days_left(not_after: str) -> int:
 
 
 @click.command("list")
-@click.option("--expiring", type=int, metavar="DAYS", help="Only certificates expiring within DAYS.")
+@click.option(
+    "--expiring",
+    type=click.IntRange(-MAX_DAYS, MAX_DAYS),
+    metavar="DAYS",
+    help="Only certificates expiring within DAYS.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
 def list_(ctx, expiring, as_json):
@@ -136,6 +144,7 @@ def show(ctx, name, as_json):
     from ntspki import pki
     from ntspki.errors import NtspkiError
     from ntspki.pki import keys, verify
+    from ntspki.store import fsutil
 
     home = get_home(ctx).require_readable()
     lineage = home.read_lineage(name)
@@ -158,7 +167,11 @@ def show(ctx, name, as_json):
         info["key_error"] = str(e)
     root_path = home.trust_path
     try:
-        roots = pki.load_certs(root_path.read_bytes(), str(root_path)) if root_path.exists() else []
+        roots = (
+            pki.load_certs(fsutil.read_bounded(root_path, fsutil.PEM_LIMIT, "trust file", exit_code=1), str(root_path))
+            if root_path.exists()
+            else []
+        )
         if not roots:
             raise NtspkiError("no site CA to check against")
         verify.verify_chain(roots, chain)

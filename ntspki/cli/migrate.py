@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ntspki.cli import echo_json
+from ntspki.cli import Seconds, echo_json
 
 FATE_MARK = {"translated": "ok", "obsolete": "obsolete", "manual": "MANUAL"}
 
@@ -22,7 +22,7 @@ FATE_MARK = {"translated": "ok", "obsolete": "obsolete", "manual": "MANUAL"}
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1, 60),
+    type=Seconds(0.1, 60),
     default=5.0,
     show_default=True,
     metavar="SECONDS",

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ntspki.cli import fail, get_home, progress
+from ntspki.cli import Seconds, fail, get_home, progress
 from ntspki.nts import NTSKE_PORT
 
 AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
@@ -53,7 +53,7 @@ AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
 )
 @click.option(
     "--timeout",
-    type=click.FloatRange(0.1, 300),
+    type=Seconds(0.1, 300),
     default=5.0,
     show_default=True,
     metavar="SECONDS",

@@ -9,16 +9,19 @@ import click
 
 from ntspki.cli import echo_json, fail, get_home
 from ntspki.errors import NtspkiError
+from ntspki.pki import MAX_DAYS
 from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 
 
 def _read_input(path: str, what: str) -> bytes:
+    from ntspki.store import fsutil
+
     if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise NtspkiError(f"cannot read {what} {path}: {e.strerror}", 2)
+        data = sys.stdin.buffer.read(fsutil.PEM_LIMIT + 1)
+        if len(data) > fsutil.PEM_LIMIT:
+            raise NtspkiError(f"{what} on standard input is larger than {fsutil.PEM_LIMIT} bytes", 2)
+        return data
+    return fsutil.read_bounded(path, fsutil.PEM_LIMIT, what, binary=True)  # a request may be DER
 
 
 def _write_output(out: str | None, data: str) -> None:
@@ -75,7 +78,7 @@ def csr(ctx, name, sans, key_type, out, force, as_json):
 
 @click.command()
 @click.argument("csr_file", metavar="CSR_FILE")
-@click.option("--days", type=int, default=90, show_default=True, help="Validity in days.")
+@click.option("--days", type=click.IntRange(1, MAX_DAYS), default=90, show_default=True, help="Validity in days.")
 @click.option(
     "--out", metavar="FILE", help="Write the full chain (leaf, then intermediate) to FILE (default: standard output)."
 )

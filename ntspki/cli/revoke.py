@@ -52,14 +52,24 @@ def revoke(ctx, name, serial, reason, passphrase_file, as_json):
 
 @click.command()
 @click.option(
-    "--days", type=int, default=7, show_default=True, help="nextUpdate: days until the CRL must be re-signed."
+    "--days",
+    type=click.IntRange(1, 3650),
+    default=7,
+    show_default=True,
+    help="nextUpdate: days until the CRL must be re-signed.",
 )
 @click.option(
     "--arl",
     is_flag=True,
     help="Also re-sign the root's CRL of intermediates (HOME/ca/arl.pem; needs the root passphrase).",
 )
-@click.option("--arl-days", type=int, default=365, show_default=True, help="nextUpdate of the root's CRL, in days.")
+@click.option(
+    "--arl-days",
+    type=click.IntRange(1, 3650),
+    default=365,
+    show_default=True,
+    help="nextUpdate of the root's CRL, in days.",
+)
 @click.option("--passphrase-file", type=click.Path(dir_okay=False), help="The root key passphrase (with --arl).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context

@@ -41,6 +41,7 @@ from ntspki.servers import services
 from ntspki.store import access
 
 CONFIG_NAME = "deploy.toml"
+MAX_CONFIG = 1 << 20  # a thousand targets fit in a tenth of it
 KEYS = {
     "source",
     "cert",
@@ -123,12 +124,58 @@ def parse_mode(value, what: str) -> int:
     return mode
 
 
+MAX_PROBE_TIMEOUT = 3600.0  # an hour: a server that has not served the new pair by then will not
+MAX_TARGET_NAME = 200  # leaves room for ".crt" and a temp-file prefix inside NAME_MAX (255)
+
+
+def check_target_name(name) -> str:
+    """A target name is also a file name (NAME.crt, NAME.key in the service's directory): it must
+    stay one, inside that directory."""
+    if not isinstance(name, str) or not name:
+        raise NtspkiError(f"target name {name!r}: must not be empty", 2)
+    bad = next((c for c in name if c in "/\0" or not c.isprintable()), None)
+    if bad is not None or name in (".", "..") or name.startswith("."):
+        raise NtspkiError(
+            f"target name {name!r}: not usable as a file name (no '/', control characters, or leading '.')", 2
+        )
+    if len(name.encode()) > MAX_TARGET_NAME:
+        raise NtspkiError(f"target name {name[:40]!r}...: longer than {MAX_TARGET_NAME} bytes", 2)
+    return name
+
+
+def check_probe_timeout(value, what: str = "probe_timeout") -> float:
+    """Seconds, finite, in (0, MAX_PROBE_TIMEOUT]: nan, inf or a year would hang a deploy."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise NtspkiError(f"{what}: {value!r} is not a number of seconds", 2)
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds) or not 0 < seconds <= MAX_PROBE_TIMEOUT:
+        raise NtspkiError(f"{what}: {value!r} is not a number of seconds in (0, {MAX_PROBE_TIMEOUT:g}]", 2)
+    return seconds
+
+
+def check_probe(value: str, what: str = "probe") -> str:
+    """HOST:PORT as the probe takes it: a host name or address and a port in 1-65535."""
+    from ntspki.nts.probe import parse_target
+
+    try:
+        parse_target(value)
+    except NtspkiError as e:
+        raise NtspkiError(f"{what}: {e}", 2)
+    return value
+
+
 def default_config_path(home) -> Path:
     return Path(home.path) / CONFIG_NAME
 
 
 def make_target(name: str, settings: dict, home=None, base: Path | None = None) -> Target:
     """A Target from settings (config table or flags), with every default filled in and checked."""
+    check_target_name(name)
     where = f"target {name!r}"
     unknown = set(settings) - KEYS
     if unknown:
@@ -137,15 +184,38 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         )
     base = base or Path.cwd()
 
+    def text(key: str, default=None):
+        """A setting that must be text: a number or a list where text belongs names the key."""
+        value = settings.get(key, default)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            raise NtspkiError(f"{where}: {key} must be text, not {type(value).__name__} {value!r}", 2)
+        if "\0" in value:
+            raise NtspkiError(f"{where}: {key} holds a NUL character", 2)
+        return value
+
     def path(value, what) -> Path:
         if not isinstance(value, str) or not value:
             raise NtspkiError(f"{where}: {what} must be a path", 2)
+        if "\0" in value:
+            raise NtspkiError(f"{where}: {what} holds a NUL character", 2)
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else base / p
 
-    service = services.get(settings.get("service", "chrony"))
+    def destination(value, what) -> Path:
+        """Where a file will be written: a file name in a directory, not the directory itself."""
+        p = path(value, what)
+        if value.endswith("/") or os.path.isdir(p):
+            raise NtspkiError(f"{where}: {what} {value!r} is a directory; name the file to write", 2)
+        parent = next((q for q in Path(os.path.normpath(p)).parents if os.path.lexists(q)), None)
+        if parent is not None and not os.path.isdir(parent):
+            raise NtspkiError(f"{where}: {what} {value!r}: {parent} is not a directory", 2)
+        return Path(os.path.normpath(p))
+
+    service = services.get(text("service", "chrony"))
     source = settings.get("source", name)
-    if not isinstance(source, str) or not source:
+    if not isinstance(source, str) or not source or "\0" in source:
         raise NtspkiError(f"{where}: source must be a lineage name or a directory", 2)
     if "/" in source or source.startswith("."):
         source_dir, lineage = path(source, "source"), None
@@ -157,8 +227,8 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         lineage = check_lineage_name(source)
         source_dir = home.live / lineage
     default_dir = Path(service.default_dir)
-    cert = path(settings["cert"], "cert") if "cert" in settings else default_dir / f"{name}.crt"
-    key = path(settings["key"], "key") if "key" in settings else default_dir / f"{name}.key"
+    cert = destination(settings["cert"], "cert") if "cert" in settings else default_dir / f"{name}.crt"
+    key = destination(settings["key"], "key") if "key" in settings else default_dir / f"{name}.key"
     if cert == key:
         raise NtspkiError(f"{where}: cert and key must be different files", 2)
 
@@ -167,14 +237,19 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
     if not isinstance(ca, list):
         raise NtspkiError(f"{where}: ca must be a file or a list of files", 2)
     ca_paths = [path(c, "ca") for c in ca]
-    if not ca_paths and lineage is not None and (home.read_renewal(lineage) or {}).get("source") != "acme":
+    for c in ca_paths:
+        _check_ca_file(c, where)
+    if not ca_paths and lineage is not None and (_renewal_source(home, lineage, where)) != "acme":
         ca_paths = [home.trust_path]  # the site CA issued it (an ACME lineage: the system store)
 
     conf = settings.get("service_conf")
     if conf is False or conf in ("none", "off"):
         service_conf = None  # a copy for another consumer: no server config to hold it to
+    elif conf is None or conf is True:
+        service_conf = service.conf_file()
     else:
-        service_conf = path(conf, "service_conf") if conf else service.conf_file()
+        service_conf = path(conf, "service_conf")
+        _check_readable(service_conf, f"{where}: service_conf")
 
     probe = settings.get("probe", True)
     if probe is True:
@@ -183,14 +258,34 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
     elif probe is False or probe in ("", "none", "off"):
         probe = None
     elif not isinstance(probe, str):
-        raise NtspkiError(f"{where}: probe must be HOST:PORT or false", 2)
+        raise NtspkiError(f"{where}: probe must be HOST:PORT or false, not {probe!r}", 2)
+    else:
+        check_probe(probe, f"{where}: probe")
 
     names = settings.get("names")
-    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names)):
-        raise NtspkiError(f"{where}: names must be a list of host names or addresses", 2)
-    timeout = settings.get("probe_timeout", 10.0)
-    if not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or timeout <= 0:
-        raise NtspkiError(f"{where}: probe_timeout must be a positive number of seconds", 2)
+    if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names):
+        raise NtspkiError(f"{where}: names must be a non-empty list of host names or addresses", 2)
+    from ntspki.pki import names as names_mod
+
+    for n in names or []:
+        names_mod.parse_san(n)  # a one-line BadName (exit 2)
+    probe_name = text("probe_name")
+    if probe_name is not None:
+        names_mod.parse_san(probe_name)
+    timeout = check_probe_timeout(settings.get("probe_timeout", 10.0), f"{where}: probe_timeout")
+    owner, group, server_user = text("owner", "root"), text("group"), text("server_user")
+    for setting, value in (("owner", owner), ("group", group), ("server_user", server_user)):
+        if value is not None and not value.strip():
+            raise NtspkiError(f"{where}: {setting} is empty", 2)
+    restart = settings.get("restart_command")
+    if isinstance(restart, str) and not restart.strip() and restart != "":
+        raise NtspkiError(f"{where}: restart_command is blank", 2)
+    if restart == [] or (isinstance(restart, list) and restart and not restart[0]):
+        raise NtspkiError(f"{where}: restart_command is an empty command", 2)
+    try:
+        restart_command = services.parse_command(restart)
+    except NtspkiError as e:
+        raise NtspkiError(f"{where}: restart_command: {e}", 2)
 
     target = Target(
         name=name,
@@ -199,17 +294,17 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         lineage=lineage,
         cert=cert,
         key=key,
-        owner=str(settings.get("owner", "root")),
-        group=str(settings.get("group") or service.group()),
+        owner=owner or "",
+        group=group or service.group(),
         key_mode=parse_mode(settings.get("key_mode", 0o640), f"{where}: key_mode"),
         cert_mode=parse_mode(settings.get("cert_mode", 0o644), f"{where}: cert_mode"),
         service=service,
-        server_user=settings.get("server_user"),
-        restart_command=services.parse_command(settings.get("restart_command")),
+        server_user=server_user,
+        restart_command=restart_command,
         service_conf=service_conf,
         probe=probe,
-        probe_name=settings.get("probe_name"),
-        probe_timeout=float(timeout),
+        probe_name=probe_name,
+        probe_timeout=timeout,
         ca=ca_paths,
         names=names,
     )
@@ -219,20 +314,60 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
             "private key; use 0640 (owner root, group of the server's user)",
             2,
         )
-    access.user_id(target.owner), access.group_id(target.group)  # unknown ones fail here, before any write
+    if target.cert_mode & 0o002:
+        raise NtspkiError(f"{where}: cert_mode {target.cert_mode:04o} lets every user replace the certificate", 2)
+    for what, mode in (("key_mode", target.key_mode), ("cert_mode", target.cert_mode)):
+        if not mode & 0o440:
+            raise NtspkiError(f"{where}: {what} {mode:04o} lets neither the owner nor the group read the file", 2)
+    # Unknown users and groups fail here, before any write (one resolver: store.access).
+    access.user_id(target.owner), access.group_id(target.group)
+    if server_user is not None:
+        access.Reader.named(server_user)
     return target
+
+
+def _renewal_source(home, lineage: str, where: str):
+    try:
+        params = home.read_renewal(lineage) or {}
+    except NtspkiError as e:
+        raise NtspkiError(f"{where}: {e}", 2)
+    return params.get("source") if isinstance(params, dict) else None
+
+
+def _check_readable(path: Path, what: str) -> bytes:
+    from ntspki.store import fsutil
+
+    try:
+        return fsutil.read_bounded(path, MAX_CA_FILE, what)
+    except NtspkiError as e:
+        raise NtspkiError(str(e), 2)
+
+
+MAX_CA_FILE = 4 << 20  # a system CA bundle is ~200 KiB
+
+
+def _check_ca_file(path: Path, where: str) -> None:
+    """A trust file must be certificates: checked now, not after the pair was installed."""
+    from ntspki import pki
+
+    data = _check_readable(path, f"{where}: ca file")
+    try:
+        pki.load_certs(data, str(path))
+    except NtspkiError as e:
+        raise NtspkiError(f"{where}: ca: {e}", 2)
 
 
 def load(config_path: Path, home=None) -> list[Target]:
     """Every target in the config file, in file order. Raises NtspkiError on any mistake."""
+    from ntspki.store import fsutil
+
     config_path = Path(config_path)
-    try:
-        data = tomllib.loads(config_path.read_text())
-    except FileNotFoundError:
+    if not os.path.lexists(config_path):
         raise NtspkiError(f"no deploy config {config_path}", 2)
-    except OSError as e:
-        raise NtspkiError(f"cannot read {config_path}: {e.strerror}", 2)
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    text = fsutil.read_bounded(config_path, MAX_CONFIG, "deploy config").decode()
+    try:
+        data = tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, RecursionError) as e:
         raise NtspkiError(f"{config_path}: not valid TOML ({e})", 2)
     extra = set(data) - {"defaults", "targets"}
     if extra:
@@ -245,6 +380,10 @@ def load(config_path: Path, home=None) -> list[Target]:
         raise NtspkiError(f"{config_path}: [defaults] and [targets.NAME] must be tables", 2)
     out = []
     for name, settings in targets.items():
+        try:
+            check_target_name(name)
+        except NtspkiError as e:
+            raise NtspkiError(f"{config_path}: {e}", 2)
         if not isinstance(settings, dict):
             raise NtspkiError(f"{config_path}: targets.{name} must be a table", 2)
         try:

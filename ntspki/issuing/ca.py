@@ -198,9 +198,9 @@ def load(home: Home) -> CA:
     if not exists(home):
         raise NtspkiError(f"no CA in {home.path}: run `ntspki ca create` first")
     try:
-        root = x509.load_pem_x509_certificate((home.ca_dir / "root.pem").read_bytes())
-        inter = x509.load_pem_x509_certificate((home.ca_dir / "intermediate.pem").read_bytes())
-        key_pem = (home.private_dir / "intermediate.key").read_bytes()
+        root = x509.load_pem_x509_certificate(_read(home.ca_dir / "root.pem"))
+        inter = x509.load_pem_x509_certificate(_read(home.ca_dir / "intermediate.pem"))
+        key_pem = _read(home.private_dir / "intermediate.key")
     except OSError as e:
         raise NtspkiError(f"cannot read the CA in {home.ca_dir}: {e.strerror}")
     except ValueError as e:
@@ -208,20 +208,19 @@ def load(home: Home) -> CA:
     return CA(root, inter, keys.load_private_pem(key_pem, what="intermediate CA key"))
 
 
+def _read(path: Path) -> bytes:
+    """A file of the CA: bounded, so a damaged or replaced one (a FIFO, a device) is an error."""
+    return fsutil.read_bounded(path, fsutil.PEM_LIMIT, "CA file", exit_code=1)
+
+
 def load_root_key(home: Home, passphrase: bytes | None, directory: Path | None = None):
     path = (directory or home.ca_dir) / "private" / "root.key"
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise NtspkiError(f"cannot read the root CA key {path}: {e.strerror}")
+    data = _read(path)
     return keys.load_private_pem(data, passphrase, what=f"root CA key {path}")
 
 
 def root_key_encrypted(home: Home) -> bool:
-    try:
-        return keys.is_encrypted_pem((home.private_dir / "root.key").read_bytes())
-    except OSError as e:
-        raise NtspkiError(f"cannot read the root CA key {home.private_dir / 'root.key'}: {e.strerror}")
+    return keys.is_encrypted_pem(_read(home.private_dir / "root.key"))
 
 
 # ---- intermediates ------------------------------------------------------------------------------
@@ -252,7 +251,7 @@ class Issuer:
     current: bool
 
     def key(self):
-        return keys.load_private_pem(self.key_path.read_bytes(), what=f"intermediate CA key {self.key_path}")
+        return keys.load_private_pem(_read(self.key_path), what=f"intermediate CA key {self.key_path}")
 
 
 def issuers(home: Home) -> list[Issuer]:

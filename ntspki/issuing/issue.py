@@ -9,7 +9,6 @@ import signal
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import BinaryIO
 
 from ntspki import pki
@@ -38,9 +37,12 @@ def parse_batch(text: str, source: str = "batch file") -> list[Request]:
     return out
 
 
+MAX_DAYS = pki.MAX_DAYS
+
+
 def _check_options(key_type: str | None, days: int | None) -> None:
-    if days is not None and days < 1:
-        raise NtspkiError("--days must be at least 1", 2)
+    if days is not None and not 1 <= days <= MAX_DAYS:
+        raise NtspkiError(f"--days must be 1..{MAX_DAYS}", 2)
     if key_type is not None and key_type not in keys.KEY_TYPES:
         raise NtspkiError(f"unknown key type {key_type!r} (choose from {', '.join(keys.KEY_TYPES)})", 2)
 
@@ -278,9 +280,20 @@ def _build_chunk(work: list[tuple[str, list[str], str]]) -> list[_Built] | _Fail
     return out
 
 
+MAX_BATCH_FILE = 16 << 20  # ~300,000 names
+
+
 def read_batch_file(path: str) -> list[Request]:
-    try:
-        text = Path(path).read_text() if path != "-" else sys.stdin.read()
-    except OSError as e:
-        raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
+    from ntspki.store import fsutil
+
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_BATCH_FILE + 1)
+        if len(data) > MAX_BATCH_FILE:
+            raise NtspkiError(f"the list on standard input is larger than {MAX_BATCH_FILE} bytes", 2)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise NtspkiError("the list on standard input is not UTF-8 text", 2) from None
+    else:
+        text = fsutil.read_bounded(path, MAX_BATCH_FILE, "list").decode()
     return parse_batch(text, path)

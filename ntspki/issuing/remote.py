@@ -230,22 +230,18 @@ def install(
         raise NtspkiError(f"{what} holds only a self-signed certificate (give the leaf and its intermediates)")
     # the roots clients trust now: both during a root rollover, so a chain from either installs
     root_path = Path(root_file) if root_file else home.trust_path
-    try:
-        roots = pki.load_certs(root_path.read_bytes(), str(root_path))
-    except FileNotFoundError:
+    if not os.path.lexists(root_path):
         raise NtspkiError(f"no site root to verify against ({root_path} does not exist): give --root FILE", 2)
-    except OSError as e:
-        raise NtspkiError(f"cannot read {root_path}: {e.strerror}")
+    roots = pki.load_certs(fsutil.read_bounded(root_path, fsutil.PEM_LIMIT, "root"), str(root_path))
     leaf = chain[0]
     with home.lock():
         live = _already_installed(home, name, leaf)
         if live is not None:
             return live
         key_path = pending_key_path(home, name)
-        try:
-            key_pem = key_path.read_bytes()
-        except FileNotFoundError:
+        if not os.path.lexists(key_path):
             raise NtspkiError(f"no pending key for {name} ({key_path}): run `ntspki csr {name}` first")
+        key_pem = fsutil.read_bounded(key_path, fsutil.PEM_LIMIT, "pending key", exit_code=1)
         key = keys.load_private_pem(key_pem, what=str(key_path))
         if not keys.key_matches_cert(key, leaf):
             if any(keys.key_matches_cert(key, c) for c in chain[1:]):

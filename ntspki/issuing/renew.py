@@ -52,6 +52,7 @@ class Plan:
     # leaf (None when unreadable), which an ACME order names as the certificate it replaces.
     params: dict = field(default_factory=dict, repr=False)
     leaf: x509.Certificate | None = field(default=None, repr=False)
+    broken: str | None = None  # renewal/NAME.json is unusable: this lineage fails, the rest go on
 
 
 @dataclass
@@ -158,8 +159,26 @@ def plan(
     home: Home, name: str, force: bool = False, now: dt.datetime | None = None, directories: _Directories | None = None
 ) -> Plan:
     now = now or _now()
-    params = home.read_renewal(name) or {}
+    try:
+        params = home.read_renewal(name) or {}
+        if params:
+            from ntspki.store.identity import check_stored
+
+            check_stored(params, name)
+    except NtspkiError as e:
+        # That lineage's error (reported, exit non-zero); the others still renew.
+        return Plan(name, "unknown", 0, None, False, str(e), params={}, broken=str(e))
     source = params.get("source", "unknown")
+    if source == "acme":
+        from ntspki.acme import acmeclient
+
+        try:
+            acmeclient.OrderSpec.from_renewal(name, params)
+        except NtspkiError as e:
+            return Plan(name, "acme", 0, None, False, str(e), params={}, broken=str(e))
+    if source not in RENEWABLE and params:
+        broken = f"renewal/{name}.json: unknown source {source!r:.40} (known: {', '.join(RENEWABLE)})"
+        return Plan(name, "unknown", 0, None, False, broken, params={}, broken=broken)
     try:
         lineage = home.read_lineage(name)
         leaf = pki.load_certs(lineage.cert, f"{name} cert.pem")[0]
@@ -257,6 +276,8 @@ def renew(
     on_done = on_done or (lambda _o: None)
     home.require_readable()
     todo = select(home, list(names))
+    if deploy:
+        check_deploy_config(home, deploy_config)
     if dry_run:
         import tempfile
 
@@ -278,7 +299,9 @@ def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, o
         on_plan(plans)
     outcomes = []
     for p in plans:
-        if p.source not in RENEWABLE:
+        if p.broken:
+            outcomes.append(Outcome(p.name, p.source, False, p.reason, error=p.broken))
+        elif p.source not in RENEWABLE:
             # Only an error when asked for by name: `renew --all` skips foreign lineages.
             error = f"{p.reason}: cannot renew it" if p.name in named else None
             outcomes.append(Outcome(p.name, p.source, False, p.reason, error=error))
@@ -311,6 +334,14 @@ def _run(home, todo, force, dry_run, deploy, deploy_config, progress, on_plan, o
     if renewed and deploy:
         _deploy(home, renewed, deploy_config, report, progress)
     return report
+
+
+def check_deploy_config(home: Home, deploy_config: Path | None) -> None:
+    """Read and validate the deploy config before anything is renewed: a mistake there is a usage
+    error (exit 2) with nothing renewed, not a renewal whose deploy then cannot run."""
+    from ntspki import deploy as deploy_mod
+
+    deploy_mod.load_targets(home, deploy_config)
 
 
 def _deploy(home: Home, live_dirs: list[Path], deploy_config: Path | None, report: Report, progress) -> None:

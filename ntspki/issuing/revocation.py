@@ -16,6 +16,7 @@ passphrase, and with a long nextUpdate: the root key stays offline).
 from __future__ import annotations
 
 import datetime as dt
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -53,10 +54,9 @@ def arl_path(home: Home) -> Path:
 
 
 def _read_crls(path: Path) -> list[x509.CertificateRevocationList]:
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    if not os.path.lexists(path):
         return []
+    data = fsutil.read_bounded(path, 64 << 20, "CRL file", exit_code=1)
     out = []
     for block in data.split(b"-----END X509 CRL-----")[:-1]:
         try:

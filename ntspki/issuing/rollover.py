@@ -46,11 +46,11 @@ def state_path(home: Home) -> Path:
 
 
 def state(home: Home) -> dict | None:
-    try:
-        data = json.loads(state_path(home).read_text())
-    except FileNotFoundError:
+    if not os.path.lexists(state_path(home)):
         return None
-    except (OSError, ValueError) as e:
+    try:
+        data = json.loads(fsutil.read_bounded(state_path(home), 64 << 10, "rollover state", exit_code=1))
+    except (OSError, ValueError, RecursionError) as e:
         raise NtspkiError(f"cannot read the rollover state {state_path(home)}: {e}")
     if not isinstance(data, dict) or data.get("phase") not in PHASES:
         raise NtspkiError(f"{state_path(home)} is damaged (no known phase): fix or remove it")
@@ -64,7 +64,7 @@ def _record(home: Home, data: dict, phase: str) -> dict:
 
 
 def _cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(path.read_bytes())
+    return x509.load_pem_x509_certificate(fsutil.read_bounded(path, fsutil.PEM_LIMIT, "CA file", exit_code=1))
 
 
 @dataclass

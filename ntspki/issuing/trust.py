@@ -40,7 +40,7 @@ def bundle(home: Home) -> list[x509.Certificate]:
     """The roots clients must trust now (a CA made before trust.pem existed: its root)."""
     path = home.trust_path
     try:
-        return pki.load_certs(path.read_bytes(), str(path))
+        return pki.load_certs(fsutil.read_bounded(path, fsutil.PEM_LIMIT, "trust file", exit_code=1), str(path))
     except OSError as e:
         raise NtspkiError(f"cannot read {path}: {e.strerror}")
 

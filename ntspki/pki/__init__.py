@@ -24,6 +24,7 @@ BACKDATE = dt.timedelta(hours=1)
 ROOT_DAYS = 3650
 INTERMEDIATE_DAYS = 1825
 LEAF_DAYS = 90
+MAX_DAYS = 36500  # the CA's own limit too: far beyond it notAfter leaves what X.509 can encode
 
 
 def now() -> dt.datetime:

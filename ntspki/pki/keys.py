@@ -127,6 +127,24 @@ def kdf_rounds(pem: bytes) -> int | None:
     return int.from_bytes(der[i + 2 : i + 2 + der[i + 1]], "big")
 
 
+MAX_PASSPHRASE = 1023  # OpenSSL's PEM passphrase buffer: openssl must still read the key
+
+
+def check_passphrase(value: bytes, what: str = "the passphrase") -> bytes:
+    """A passphrase the key format and openssl can take: UTF-8 text on one line, 1..1023 bytes."""
+    if not value:
+        raise NtspkiError(f"{what} is empty", 2)
+    if len(value) > MAX_PASSPHRASE:
+        raise NtspkiError(f"{what} is longer than {MAX_PASSPHRASE} bytes (openssl could not read the key)", 2)
+    if b"\0" in value or b"\n" in value or b"\r" in value:
+        raise NtspkiError(f"{what} holds a NUL or a line break (one line of text only)", 2)
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise NtspkiError(f"{what} is not UTF-8 text", 2) from None
+    return value
+
+
 class EncryptedKey(NtspkiError):
     """A private key that needs a passphrase (which NTS servers cannot give)."""
 

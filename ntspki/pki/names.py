@@ -31,9 +31,34 @@ def parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
         return None
 
 
+# Invisible and control characters: IDNA either refuses them or (soft hyphen, word joiner, BOM,
+# variation selectors) maps them to nothing. A name must never change silently, so both are errors.
+_INVISIBLE = {"Cc", "Cf", "Co", "Cs", "Cn", "Zs", "Zl", "Zp"}
+
+
+def _check_chars(label: str, whole: str) -> None:
+    import unicodedata
+
+    import idna
+
+    for ch in label:
+        if ch.isascii():
+            continue
+        what = f"U+{ord(ch):04X} ({unicodedata.name(ch, 'unnamed')})"
+        if unicodedata.category(ch) in _INVISIBLE:
+            raise BadName(f"bad host name {whole!r}: {what} is an invisible or control character IDNA does not allow")
+        try:
+            mapped = idna.uts46_remap(ch, std3_rules=True, transitional=False)
+        except (idna.IDNAError, ValueError):
+            raise BadName(f"bad host name {whole!r}: {what} is not allowed in a host name") from None
+        if not mapped:
+            raise BadName(f"bad host name {whole!r}: {what} is ignored by IDNA (it would be dropped silently)")
+
+
 def _to_alabel(label: str, whole: str) -> str:
     if label.isascii():
         return label.lower()
+    _check_chars(label, whole)
     try:
         import idna  # IDNA 2008 + UTS 46 mapping, as browsers and certbot use
 

@@ -35,7 +35,8 @@ if TYPE_CHECKING:
 from ntspki.store import fsutil, live
 from ntspki.store.live import FILES, InconsistentLineage, Lineage, read_live_dir
 
-__all__ = ["FILES", "Home", "InconsistentLineage", "Lineage", "check_lineage_name", "read_live_dir"]
+__all__ = ["FILES", "BadRenewal", "Home", "InconsistentLineage", "Lineage", "check_lineage_name", "read_live_dir"]
+MAX_RENEWAL_FILE = 64 << 10  # a few hundred bytes in practice
 _NAME_OK = re.compile(r"^[A-Za-z0-9*][A-Za-z0-9._*-]{0,254}$")
 
 
@@ -246,10 +247,21 @@ class Home:
         fsutil.atomic_write(self.renewal / f"{name}.json", data, 0o600, durable=durable)
 
     def read_renewal(self, name: str) -> dict | None:
-        try:
-            return json.loads((self.renewal / f"{name}.json").read_text())
-        except FileNotFoundError:
+        """renewal/NAME.json as a JSON object; None when there is none. Anything else that is there
+        (not JSON, not an object, a FIFO, a huge file) is a BadRenewal naming the file."""
+        path = self.renewal / f"{name}.json"
+        if not os.path.lexists(path):
             return None
+        try:
+            data = fsutil.read_bounded(path, MAX_RENEWAL_FILE, "renewal file", exit_code=1)
+            params = json.loads(data)
+        except NtspkiError as e:
+            raise BadRenewal(str(e)) from None
+        except (ValueError, RecursionError) as e:
+            raise BadRenewal(f"{path}: not valid JSON ({e})") from None
+        if not isinstance(params, dict):
+            raise BadRenewal(f"{path}: not a JSON object but {type(params).__name__}")
+        return params
 
     def sync(self) -> None:
         """Make everything written so far durable (one syncfs for a whole batch)."""
@@ -262,3 +274,7 @@ class Home:
             os.sync()
         finally:
             os.close(fd)
+
+
+class BadRenewal(NtspkiError):
+    """renewal/NAME.json is there but unusable: that lineage's error, never the whole run's."""

@@ -25,24 +25,38 @@ class UnknownUser(NtspkiError):
     """A user or group name that does not exist on this host."""
 
 
+MAX_ID = 2**32 - 2  # (uid_t)-1 means "unchanged" to chown: never a real owner
+
+
+def _number(value: str, what: str) -> int | None:
+    """The id a decimal number names (a container's ids need not exist here), else None."""
+    if not (value.isascii() and value.isdigit()):
+        return None
+    if len(value) > 10 or int(value) > MAX_ID:
+        raise UnknownUser(f"no such {what} {value!r}: ids are 0..{MAX_ID}", 2)
+    return int(value)
+
+
 def user_id(owner: str) -> int:
     """A user name or a number (a container's uid need not exist here) -> uid."""
-    if owner.isdigit():
-        return int(owner)
+    number = _number(owner, "user")
+    if number is not None:
+        return number
     try:
         return pwd.getpwnam(owner).pw_uid
-    except KeyError:
-        raise UnknownUser(f"no such user {owner!r}", 2)
+    except (KeyError, ValueError):  # ValueError: a NUL in the name
+        raise UnknownUser(f"no such user {owner!r}", 2) from None
 
 
 def group_id(group: str) -> int:
     """A group name or a number -> gid."""
-    if group.isdigit():
-        return int(group)
+    number = _number(group, "group")
+    if number is not None:
+        return number
     try:
         return grp.getgrnam(group).gr_gid
-    except KeyError:
-        raise UnknownUser(f"no such group {group!r}", 2)
+    except (KeyError, ValueError):
+        raise UnknownUser(f"no such group {group!r}", 2) from None
 
 
 def user_name(uid: int) -> str:
@@ -84,12 +98,13 @@ class Reader:
     @classmethod
     def named(cls, name: str) -> Reader:
         """By name, or by number for a uid that exists only inside a container (no groups known)."""
-        if name.isdigit():
-            return cls(name, int(name), -1, frozenset())
+        number = _number(name, "user")
+        if number is not None:
+            return cls(name, number, -1, frozenset())
         try:
             pw = pwd.getpwnam(name)
-        except KeyError:
-            raise UnknownUser(f"no such user {name!r}", 2)
+        except (KeyError, ValueError):
+            raise UnknownUser(f"no such user {name!r}", 2) from None
         return cls(name, pw.pw_uid, pw.pw_gid, frozenset(os.getgrouplist(name, pw.pw_gid)))
 
     @property

@@ -142,3 +142,61 @@ def locked(lock_path: Path, shared: bool = False, wait: bool = True):
         yield
     finally:
         os.close(fd)
+
+
+# ---- bounded reads of input files ------------------------------------------------------------------
+
+KIB, MIB = 1 << 10, 1 << 20
+PEM_LIMIT = MIB  # a key, a certificate or a chain: a few KiB in practice
+
+
+def read_bounded(path: Path | str, limit: int, what: str, *, binary: bool = False, exit_code: int = 2) -> bytes:
+    """The contents of the regular file `path`, at most `limit` bytes, or one clear NtspkiError.
+
+    Every input file a user names goes through here: a device (/dev/zero), a FIFO or a directory
+    is refused without blocking (opened O_NONBLOCK, then judged by fstat, so nothing can swap the
+    file after the check), a file over `limit` is refused after reading at most limit+1 bytes, and
+    unless `binary` the contents must be UTF-8 text without NUL bytes (the caller may .decode())."""
+    import stat
+
+    from ntspki.errors import NtspkiError
+
+    def refuse(why: str) -> NtspkiError:
+        return NtspkiError(f"cannot read {what} {path}: {why}", exit_code)
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except OSError as e:
+        raise refuse(e.strerror or str(e)) from None
+    except ValueError:  # an embedded NUL in the path
+        raise refuse("the path holds a NUL character") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise refuse("it is a directory, not a file")
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse("not a regular file (a device, FIFO or socket)")
+        if st.st_size > limit:
+            raise refuse(f"larger than {limit} bytes")
+        chunks, size = [], 0
+        while size <= limit:  # st_size can lie (/proc, a file still growing): the read decides
+            chunk = os.read(fd, min(limit + 1 - size, MIB))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as e:
+        raise refuse(e.strerror or str(e)) from None
+    finally:
+        os.close(fd)
+    if size > limit:
+        raise refuse(f"larger than {limit} bytes")
+    data = b"".join(chunks)
+    if not binary:
+        if b"\0" in data:
+            raise refuse("not a text file (it holds NUL bytes)")
+        try:
+            data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise refuse(f"not UTF-8 text (byte {e.start})") from None
+    return data

@@ -52,6 +52,32 @@ class Request:
 CHANGE_FLAG = "--allow-change"
 
 
+def check_stored(stored: dict, lineage: str) -> dict:
+    """The fields of renewal/NAME.json every source shares, typed as issuance needs them; a wrong
+    type is a BadRenewal naming the file and the field, not a crash half-way through."""
+    from ntspki.pki import MAX_DAYS
+    from ntspki.store import BadRenewal
+
+    where = f"renewal/{lineage}.json"
+    sans = stored.get("sans")
+    if sans is not None and (not isinstance(sans, list) or not all(isinstance(n, str) for n in sans)):
+        raise BadRenewal(f"{where}: sans must be a list of names, not {sans!r:.60}")
+    try:
+        names.unique_sans(list(sans or []))
+    except NtspkiError as e:
+        raise BadRenewal(f"{where}: sans: {e}") from None
+    key_type = stored.get("key_type")
+    if key_type is not None and key_type not in keys.KEY_TYPES:
+        raise BadRenewal(f"{where}: unknown key_type {key_type!r:.40}")
+    days = stored.get("days")
+    if days is not None and (isinstance(days, bool) or not isinstance(days, int) or not 1 <= days <= MAX_DAYS):
+        raise BadRenewal(f"{where}: days must be a whole number 1..{MAX_DAYS}, not {days!r:.40}")
+    source = stored.get("source", "internal")
+    if not isinstance(source, str):
+        raise BadRenewal(f"{where}: source must be text, not {source!r:.40}")
+    return stored
+
+
 @dataclass
 class Identity:
     """What makes a lineage the same lineage from one version to the next."""
@@ -79,6 +105,8 @@ def keep_identity(
     change, unless `allow_change` (the CLI's --allow-change)."""
     lineage = req.lineage
     stored = home.read_renewal(lineage) if (home.live / lineage).exists() else None
+    if stored:
+        check_stored(stored, lineage)
     if not stored:
         sans = [names.san_text(g) for g in req.general_names]
         return Identity(sans, key_type or keys.DEFAULT_KEY_TYPE, days, source), None
