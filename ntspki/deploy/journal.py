@@ -21,6 +21,7 @@ from pathlib import Path
 from ntspki.deploy.deployconfig import Target
 from ntspki.deploy.source import Pair
 from ntspki.deploy.steps import step
+from ntspki.errors import NtspkiError
 from ntspki.store import fsutil
 
 log = logging.getLogger("ntspki.deploy")
@@ -89,8 +90,10 @@ def _meta(path: Path) -> tuple[int, int, int]:
 def read_pair(key_path: Path, cert_path: Path) -> Pair | None:
     """The pair at these paths (with owners and modes) if both exist and match, else None."""
     try:
-        pair = Pair(key_path.read_bytes(), cert_path.read_bytes(), _meta(key_path), _meta(cert_path))
-    except OSError:
+        key_pem = fsutil.read_bounded(key_path, fsutil.PEM_LIMIT, "key", binary=True)
+        cert_pem = fsutil.read_bounded(cert_path, fsutil.PEM_LIMIT, "certificate", binary=True)
+        pair = Pair(key_pem, cert_pem, _meta(key_path), _meta(cert_path))
+    except (OSError, NtspkiError):
         return None
     return pair if pair.matches() else None
 

@@ -2,7 +2,8 @@
 (`keclient`), one NTS-protected NTP exchange (`ntp`), `ntske` as the one import of all three, and
 the probe that does NTS-KE plus one authenticated NTP exchange (`probe`).
 
-Layer: domain + network. May import `pki` and `errors`; never `store`, `deploy` or `cli`.
+Layer: domain + network. May import `pki`, `errors` and `store.fsutil.read_bounded` (the one bounded
+reader of input files); never the rest of `store`, nor `deploy` or `cli`.
 pyOpenSSL is imported by `keclient` (TLS exporter, through `ntske`), so only commands that probe import that module;
 this file stays light: the protocol's ports live here for every layer to import.
 """

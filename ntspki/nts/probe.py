@@ -100,16 +100,24 @@ def parse_target(target: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
     return host, port or default_port
 
 
+MAX_TARGETS_FILE = 4 << 20
+
+
 def read_targets(path: str) -> list[str]:
     """One target a line; blank lines and `#` comments are ignored."""
     import sys
 
-    try:
-        text = sys.stdin.read() if path == "-" else Path(path).read_text()
-    except OSError as e:
-        raise NtspkiError(f"cannot read {path}: {e.strerror}", 2)
-    except UnicodeDecodeError:
-        raise NtspkiError(f"{path} is not a text file", 2)
+    from ntspki.store import fsutil
+
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_TARGETS_FILE + 1)
+        if len(data) > MAX_TARGETS_FILE or b"\0" in data:
+            raise NtspkiError(
+                f"the targets on standard input are not a list of targets under {MAX_TARGETS_FILE} bytes", 2
+            )
+        text = data.decode(errors="replace")
+    else:
+        text = fsutil.read_bounded(path, MAX_TARGETS_FILE, "targets file").decode()
     return [t for line in text.splitlines() for t in line.split("#", 1)[0].split()]
 
 
@@ -194,10 +202,9 @@ def _read_ca_file(path: str) -> list:
     if Path(path).is_dir():
         # As chrony's ntstrustedcerts does with a directory: every *.crt file in it.
         return [cert for crt in sorted(Path(path).glob("*.crt")) for cert in _read_ca_file(str(crt))]
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise NtspkiError(f"cannot read CA file {path}: {e.strerror}", 2)
+    from ntspki.store import fsutil
+
+    data = fsutil.read_bounded(path, 16 << 20, "CA file")
     try:
         return pki.load_certs(data, f"CA file {path}")
     except NtspkiError:

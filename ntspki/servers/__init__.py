@@ -3,6 +3,6 @@ chrony.conf parsing (`chronyconf`, with chronyd's own parser as a second opinion
 chronyd for the demo and the tests (`lab`), and servers in namespaces for the tests (`nslab`: a real
 NTPsec, chronyd as a container runs it).
 
-Layer: bottom, beside `store`. May import `pki` (names), `store.access` (users), the
+Layer: bottom, beside `store`. May import `pki` (names), `store.access` (users), `store.fsutil.read_bounded` (reading configs), the
 protocol constants in `nts` and `errors`.
 """

@@ -118,22 +118,33 @@ def default_path() -> str:
     return DEFAULT_PATHS[0]
 
 
+MAX_CONF_BYTES = 4 << 20
+
+
+def _read(path: str) -> str:
+    """Bounded, and never blocking on a FIFO or device; bytes chronyd would skip in comments may
+    be anything, so they are replaced rather than refused."""
+    from ntspki.store import fsutil
+
+    return fsutil.read_bounded(path, MAX_CONF_BYTES, "chrony config", binary=True).decode(errors="replace")
+
+
 def parse(path: str | Path | None = None) -> ChronyConf:
     path = str(path or default_path())
     conf = ChronyConf(path)
     try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as e:
-        raise NtspkiError(f"cannot read {path}: {e.strerror}", 3)
+        text = _read(path)
+    except NtspkiError as e:
+        raise NtspkiError(str(e), 3) from None
     _parse_text(conf, text, path, depth=0)
     return conf
 
 
 def _parse_file(conf: ChronyConf, path: str, depth: int, sources_only: bool = False) -> None:
     try:
-        text = Path(path).read_text(errors="replace")
-    except OSError as e:
-        conf.problems.append(f"cannot read {path}: {e.strerror}")
+        text = _read(path)
+    except NtspkiError as e:
+        conf.problems.append(str(e))
         return
     _parse_text(conf, text, path, depth, sources_only)
 

@@ -209,7 +209,10 @@ def files_read(service: Service, conf: Path | None) -> list[tuple[Path, Path, st
         if service.name == "ntpd-rs":
             import tomllib
 
-            servers = tomllib.loads(Path(conf).read_text()).get("nts-ke-server") or []
+            from ntspki.store import fsutil
+
+            text = fsutil.read_bounded(conf, 4 << 20, "ntpd-rs config").decode()
+            servers = tomllib.loads(text).get("nts-ke-server") or []
             return [
                 (_abs(s["private-key-path"]), _abs(s["certificate-chain-path"]), f"{conf} [[nts-ke-server]] {i + 1}")
                 for i, s in enumerate(servers)
@@ -228,7 +231,10 @@ def _ntpsec_files(conf: Path, depth: int = 0, found: dict | None = None) -> list
     """`nts key FILE` / `nts cert FILE` (on one `nts` line or several, in included files too);
     the last of each wins, as in ntpd."""
     found = {} if found is None else found
-    for lineno, raw in enumerate(conf.read_text(errors="replace").splitlines(), 1):
+    from ntspki.store import fsutil
+
+    text = fsutil.read_bounded(conf, 4 << 20, "ntp.conf", binary=True).decode(errors="replace")
+    for lineno, raw in enumerate(text.splitlines(), 1):
         words = raw.split("#", 1)[0].split()
         if not words:
             continue

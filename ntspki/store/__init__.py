@@ -239,7 +239,8 @@ class Home:
 
         source = (self.read_renewal(name) or {}).get("source", "internal")
         for v in missing:
-            cert = pki.load_certs((self.archive / name / f"cert{v}.pem").read_bytes())[0]
+            path = self.archive / name / f"cert{v}.pem"
+            cert = pki.load_certs(fsutil.read_bounded(path, fsutil.PEM_LIMIT, "certificate", exit_code=1))[0]
             self.ledger.record(name, v, pki.CertInfo.of(cert), keys.key_type_of(cert.public_key()), source)
 
     def write_renewal(self, name: str, params: dict, durable: bool = True) -> None:
