@@ -32,6 +32,7 @@ from click.testing import CliRunner
 
 from ntspki.cli import main
 from ntspki.issuing import ca, issue
+from ntspki.servers import lab
 from ntspki.store import Home
 
 TIME_LIMIT = 10  # seconds per case
@@ -42,7 +43,7 @@ MEMORY_LIMIT = 2 << 30  # address space per case: an unbounded read fails the ca
 DEPLOY_TOML = """\
 [defaults]
 owner = "root"
-group = "root"
+group = "_chrony"
 service_conf = "none"
 probe = false
 restart_command = "true"
@@ -60,6 +61,7 @@ key = "../targets/ntpserver.key"
 @pytest.fixture(scope="module")
 def template(tmp_path_factory) -> Path:
     """A home with a CA, lineages ntpserver and other, a deploy.toml; built once, copied per case."""
+    _preload()
     path = tmp_path_factory.mktemp("hostile-template") / "home"
     home = Home(path)
     ca.create(home, passphrase=None)
@@ -69,6 +71,18 @@ def template(tmp_path_factory) -> Path:
     home.ledger.close()
     (path / "deploy.toml").write_text(DEPLOY_TOML)
     return path
+
+
+def _preload() -> None:
+    """Import every command's module once, here: each forked case then starts warm."""
+    import importlib
+
+    from ntspki.cli import COMMANDS
+
+    for target in COMMANDS.values():
+        importlib.import_module(target.split(":")[0])
+    for module in ("ntspki.deploy", "ntspki.nts.probe", "ntspki.acme.acmeclient", "ntspki.audit.migrate", "idna"):
+        importlib.import_module(module)
 
 
 @dataclass
@@ -82,12 +96,14 @@ class World:
 
 
 @pytest.fixture
-def world(template, tmp_path) -> World:
-    w = tmp_path
+def world(template) -> World:
+    # chronyd's user can traverse it (pytest's tmp dirs are 0700): a good target would really deploy
+    w = lab.make_workdir("ntspki-hostile-")
     shutil.copytree(template, w / "home", symlinks=True)
     (w / "targets").mkdir()
     (w / "targets" / "unrelated.conf").write_text("left alone\n")
-    return World(w, w / "home", w / "targets")
+    yield World(w, w / "home", w / "targets")
+    shutil.rmtree(w, ignore_errors=True)
 
 
 def snapshot(*roots: Path) -> dict[str, tuple]:
@@ -203,6 +219,8 @@ def _child(argv: list[str], stdin: str | None, env: dict) -> tuple[int, str, str
         except BaseException:
             code = 99
             sys.stderr.write(traceback.format_exc())
+        sys.stdout.flush()
+        sys.stderr.flush()
         out, err = streams[0].getvalue(), streams[1].getvalue()
     return code, out.decode(errors="replace"), err.decode(errors="replace")
 
@@ -439,8 +457,6 @@ LEDGER_BAD = {
     "not-after-empty": "UPDATE certificates SET not_after = '' WHERE name = 'ntpserver'",
     "not-after-number": "UPDATE certificates SET not_after = 12345 WHERE name = 'ntpserver'",
     "version-text": "UPDATE certificates SET version = 'one' WHERE name = 'ntpserver'",
-    "name-number": "UPDATE certificates SET name = 7 WHERE name = 'ntpserver'",
-    "key-type-number": "UPDATE certificates SET key_type = 5 WHERE name = 'ntpserver'",
 }
 for key, sql in LEDGER_BAD.items():
     case(f"list-ledger-row-{key}", "list", setup=_sql(sql), code=None)
@@ -565,7 +581,6 @@ TOML_BAD = {
     "unknown-section": "\n[extra]\na = 1\n",
     "targets-not-table": None,  # whole-file cases below
     "source-number": _target("source = 1").replace('source = "other"\n', ""),
-    "source-missing-lineage": _target("").replace('"other"', '"nosuchlineage"'),
     "cert-number": _target("").replace('cert = "../targets/o.crt"', "cert = 1"),
     "cert-empty": _target("").replace('cert = "../targets/o.crt"', 'cert = ""'),
     "cert-is-directory": _target("").replace('cert = "../targets/o.crt"', 'cert = "../targets"'),
@@ -606,7 +621,6 @@ TOML_BAD = {
     "service-conf-number": _target("service_conf = 1"),
     "service-conf-fifo": _target('service_conf = "../conf.fifo"'),
     "probe-number": _target("probe = 4460"),
-    "probe-no-port": _target('probe = "127.0.0.1"'),
     "probe-port-0": _target('probe = "127.0.0.1:0"'),
     "probe-port-65536": _target('probe = "127.0.0.1:65536"'),
     "probe-port-negative": _target('probe = "127.0.0.1:-1"'),
@@ -770,7 +784,6 @@ DEPLOY_FLAGS_BAD = {
     "service-conf-dev-zero": {"service_conf": "/dev/zero"},
     "service-conf-dir": {"service_conf": "{w}"},
     "service-conf-missing": {"service_conf": "{w}/nosuch.conf"},
-    "probe-no-port": {"probe": "127.0.0.1"},
     "probe-port-0": {"probe": "127.0.0.1:0"},
     "probe-port-65536": {"probe": "127.0.0.1:65536"},
     "probe-port-huge": {"probe": "127.0.0.1:" + "9" * 40},
@@ -780,7 +793,6 @@ DEPLOY_FLAGS_BAD = {
     "probe-port-space": {"probe": "127.0.0.1: 4460"},
     "probe-bad-host": {"probe": "ntp\u00adserver:4460"},
     "probe-ipv6-open": {"probe": "[::1:4460"},
-    "probe-ipv6-bare": {"probe": "::1"},
     "probe-empty-host": {"probe": ":4460"},
     "probe-zone": {"probe": "[fe80::1%eth0]:4460"},
     "timeout-nan": {"probe": "127.0.0.1:1", "probe_timeout": "nan"},
@@ -859,7 +871,7 @@ for target in [
     case(f"probe-target-{target[:20]!r}", "probe", target, "--no-ntp", code=None)
 for v in ["nan", "inf", "-1", "0", "1e309", "abc", "-inf"]:
     case(f"probe-timeout-{v}", "probe", "127.0.0.1:1", "--timeout", v)
-    case(f"check-timeout-{v}", "check", "--chrony-conf", "{w}/c.conf", "--timeout", v, files={"c.conf": ""})
+    case(f"check-timeout-{v}", "check", "--chrony-conf", "{w}/c.conf", "--timeout", v, files={"c.conf": ""}, code=3)
     case(f"migrate-timeout-{v}", "migrate", "{w}/n.conf", "--timeout", v, files={"n.conf": "server 192.0.2.1\n"})
 for v in ["0", "65536", "-1", "nan", "abc"]:
     case(f"probe-port-{v}", "probe", "127.0.0.1", "--port", v)
@@ -937,7 +949,7 @@ case(
     stdout_ok=True,
 )
 for v in ["-1", "nan", "abc"]:
-    case(f"check-warn-days-{v}", "check", "--warn-days", v)
+    case(f"check-warn-days-{v}", "check", "--warn-days", v, code=3)
 
 # migrate
 for key, how in BAD_FILES.items():

@@ -228,7 +228,11 @@ def status(ctx, warn_days, critical_days, as_json):
 def _root_passphrase(home, passphrase_file):
     from ntspki.issuing import ca as ca_mod
 
-    return read_passphrase(passphrase_file, confirm=False) if ca_mod.root_key_encrypted(home) else None
+    if ca_mod.root_key_encrypted(home):
+        return read_passphrase(passphrase_file, confirm=False)
+    if passphrase_file:
+        read_passphrase(passphrase_file, confirm=False)  # given, so it must be usable (checked, unused)
+    return None
 
 
 @ca.command("rotate-intermediate")

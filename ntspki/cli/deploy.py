@@ -154,6 +154,10 @@ def deploy(ctx, names, all_, sources, config, dry_run, force, recover, as_json, 
         for r in report.targets:
             sha = f" (sha256 {r.new_sha256[:16]}...)" if r.new_sha256 else ""
             click.echo(f"{r.name}: {r.status}{sha}: {r.message}")
+    failed = [f"{r.name} {r.status}" for r in report.targets if r.exit_code]
+    if failed:
+        # The report above says why for each; one line on stderr says that it failed.
+        click.echo(f"ntspki: error: not deployed: {', '.join(failed)}", err=True)
     ctx.exit(report.exit_code)
 
 

@@ -109,11 +109,19 @@ def list_(ctx, expiring, as_json):
     home = get_home(ctx).require_readable()
     for w in ca_mod.quick_warnings(home):  # on stderr: the table and the JSON keep their shape
         click.echo(f"ntspki: warning: {w['message']} (fix: {w['fix']})", err=True)
-    rows = home.ledger_rows()
+    bad: list[str] = []
+    rows = home.ledger_rows(bad=bad)
     for r in rows:
         r["days_left"] = _days_left(r["not_after"])
     if expiring is not None:
         rows = [r for r in rows if r["days_left"] <= expiring]
+    _print_rows(home, rows, expiring, as_json)
+    if bad:
+        # The good rows are printed; the bad ones are one error line, and the exit status says so.
+        fail(f"{len(bad)} bad ledger row(s) left out: {'; '.join(bad)}", 1)
+
+
+def _print_rows(home, rows: list[dict], expiring: int | None, as_json: bool) -> None:
     if as_json:
         echo_json(rows)
         return
@@ -148,14 +156,21 @@ def show(ctx, name, as_json):
 
     home = get_home(ctx).require_readable()
     lineage = home.read_lineage(name)
+    # What the ledger recorded (a bad row or a foreign ledger is an error naming it).
+    recorded = [r["version"] for r in home.ledger_rows(name, latest_only=False)]
     chain = verify.load_chain(lineage.fullchain, f"{name} fullchain.pem")
     leaf = chain[0]
+    try:
+        cert_ok = pki.load_certs(lineage.cert, f"{name} cert.pem")[0] == leaf
+    except NtspkiError:
+        cert_ok = False
     info = asdict(pki.CertInfo.of(leaf))
     info.update(
         name=name,
         version=lineage.version,
         live=str(lineage.live_dir),
         versions=home.versions(name),
+        recorded=recorded,
         days_left=_days_left(info["not_after"]),
         key_type=keys.key_type_of(leaf.public_key()),
     )
@@ -178,13 +193,22 @@ def show(ctx, name, as_json):
         info["chain_ok"], info["chain_error"] = True, None
     except NtspkiError as e:
         info["chain_ok"], info["chain_error"] = False, str(e)
+    info["cert_matches"] = cert_ok
+    problems = [
+        p
+        for p, bad in (
+            ("the key does not match the certificate", not info["key_matches"]),
+            (f"the chain fails ({info['chain_error']})", not info["chain_ok"]),
+            ("cert.pem is not the leaf of fullchain.pem", not cert_ok),
+        )
+        if bad
+    ]
     if as_json:
         echo_json(info)
-        if not (info["key_matches"] and info["chain_ok"]):
-            ctx.exit(1)  # the same status as without --json: scripts read both
+        _show_fails(name, problems)  # the same status as without --json: scripts read both
         return
     state = f"VALID: {info['days_left']} days" if info["days_left"] >= 0 else "INVALID: EXPIRED"
-    click.echo(f"{name} (version {lineage.version}, versions {info['versions']})")
+    click.echo(f"{name} (version {lineage.version}, versions {info['versions']}, in the ledger {recorded})")
     click.echo(f"  names:     {', '.join(info['sans'])}")
     click.echo(f"  valid:     {info['not_before'][:19]} .. {info['not_after'][:19]} ({state})")
     click.echo(f"  fullchain: {lineage.live_dir / 'fullchain.pem'}")
@@ -197,5 +221,9 @@ def show(ctx, name, as_json):
     click.echo(
         f"  chain:     {'verifies against ' + str(root_path) if info['chain_ok'] else 'FAILS: ' + info['chain_error']}"
     )
-    if not (info["key_matches"] and info["chain_ok"]):
-        ctx.exit(1)
+    _show_fails(name, problems)
+
+
+def _show_fails(name: str, problems: list[str]) -> None:
+    if problems:
+        fail(f"{name}: {'; '.join(problems)}", 1)

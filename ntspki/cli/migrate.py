@@ -49,6 +49,10 @@ def migrate(ntp_conf, do_probe, ca_files, timeout, out_dir, hostname, as_json):
     """
     from ntspki.audit import migrate as migrate_mod
 
+    if hostname is not None:
+        from ntspki.pki import names
+
+        names.normalize_dns_name(hostname)  # a one-line BadName (exit 2) before anything is read
     m = migrate_mod.migrate(ntp_conf, probe=do_probe, ca_files=ca_files, timeout=timeout, hostname=hostname)
     written = migrate_mod.write_out(m, out_dir) if out_dir else []
     if as_json:

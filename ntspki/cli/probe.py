@@ -106,6 +106,7 @@ def probe(
         fail("no server to probe: give HOST[:PORT] or --from FILE", 2)
     for t in targets:
         probe_mod.parse_target(t, port)
+    probe_mod.check_expectations(name, expect_fingerprint, expect_serial)
     kw = dict(
         trust=probe_mod.default_trust(ca_files, get_home(ctx), trust).store(),
         name=name,

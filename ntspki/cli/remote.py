@@ -61,6 +61,10 @@ def csr(ctx, name, sans, key_type, out, force, as_json):
     """
     from ntspki.issuing import remote
 
+    if out and out != "-":
+        from ntspki.store import fsutil
+
+        fsutil.check_destination(out, "--out")  # before the key is made
     result = remote.make_csr(get_home(ctx), name, list(sans), key_type, force)
     if out and out != "-":
         _write_output(out, result.csr)
@@ -100,6 +104,10 @@ def sign(ctx, csr_file, days, out, as_json):
 
     if days < 1:
         fail("--days must be at least 1", 2)
+    if out and out != "-":
+        from ntspki.store import fsutil
+
+        fsutil.check_destination(out, "--out")  # before anything is signed or recorded
     what = "standard input" if csr_file == "-" else csr_file
     result = remote.sign(get_home(ctx), _read_input(csr_file, "request"), days, what)
     if out and out != "-":

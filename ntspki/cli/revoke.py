@@ -35,6 +35,10 @@ def revoke(ctx, name, serial, reason, passphrase_file, as_json):
 
     home = get_home(ctx)
     passphrase = None
+    if passphrase_file:
+        from ntspki.cli.ca import read_passphrase
+
+        read_passphrase(passphrase_file, confirm=False)  # given, so it must be usable before anything
     if serial is not None and name is None and revocation.needs_root_key(home, serial):
         if ca_mod.root_key_encrypted(home):
             from ntspki.cli.ca import read_passphrase
@@ -87,6 +91,10 @@ def crl(ctx, days, arl, arl_days, passphrase_file, as_json):
             from ntspki.cli.ca import read_passphrase
 
             passphrase = read_passphrase(passphrase_file, confirm=False)
+    if passphrase_file and passphrase is None:
+        from ntspki.cli.ca import read_passphrase
+
+        read_passphrase(passphrase_file, confirm=False)  # given, so it must be usable before anything
     revocation.write_crl(home, days, arl, passphrase, arl_days)
     st = revocation.crl_status(home) or {"path": str(revocation.crl_path(home)), "crls": []}
     if as_json:

@@ -205,13 +205,12 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
 
     def destination(value, what) -> Path:
         """Where a file will be written: a file name in a directory, not the directory itself."""
+        from ntspki.store import fsutil
+
         p = path(value, what)
-        if value.endswith("/") or os.path.isdir(p):
-            raise NtspkiError(f"{where}: {what} {value!r} is a directory; name the file to write", 2)
-        parent = next((q for q in Path(os.path.normpath(p)).parents if os.path.lexists(q)), None)
-        if parent is not None and not os.path.isdir(parent):
-            raise NtspkiError(f"{where}: {what} {value!r}: {parent} is not a directory", 2)
-        return Path(os.path.normpath(p))
+        return fsutil.check_destination(
+            str(p) + ("/" if value.endswith("/") else ""), f"{where}: {what}", parents_made=True
+        )
 
     service = services.get(text("service", "chrony"))
     source = settings.get("source", name)
@@ -278,8 +277,8 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         if value is not None and not value.strip():
             raise NtspkiError(f"{where}: {setting} is empty", 2)
     restart = settings.get("restart_command")
-    if isinstance(restart, str) and not restart.strip() and restart != "":
-        raise NtspkiError(f"{where}: restart_command is blank", 2)
+    if isinstance(restart, str) and not restart.strip():
+        raise NtspkiError(f"{where}: restart_command is blank (leave it out for the default)", 2)
     if restart == [] or (isinstance(restart, list) and restart and not restart[0]):
         raise NtspkiError(f"{where}: restart_command is an empty command", 2)
     try:
@@ -329,9 +328,9 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
 def _renewal_source(home, lineage: str, where: str):
     try:
         params = home.read_renewal(lineage) or {}
-    except NtspkiError as e:
-        raise NtspkiError(f"{where}: {e}", 2)
-    return params.get("source") if isinstance(params, dict) else None
+    except NtspkiError:
+        return None  # a broken renewal file is that lineage's error (renew reports it), not the config's
+    return params.get("source")
 
 
 def _check_readable(path: Path, what: str) -> bytes:

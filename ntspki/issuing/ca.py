@@ -76,9 +76,14 @@ def name_constraints(permit_dns=(), permit_ip=()) -> tuple[list[str], list[str]]
 
     for net in permit_ip:
         try:
+            if "%" in net:  # a zone index means nothing in a certificate
+                raise ValueError(net)
             ipaddress.ip_network(net, strict=False)
         except ValueError:
-            raise NtspkiError(f"bad --permit-ip {net!r}: not an IP network", 2)
+            raise NtspkiError(f"bad --permit-ip {net!r}: not an IP network", 2) from None
+    for domain in permit_dns:
+        if "*" in domain or names.is_ip(domain):
+            raise NtspkiError(f"bad --permit-dns {domain!r}: give a domain (it covers every name below it)", 2)
     return [names.normalize_dns_name(d) for d in permit_dns], list(permit_ip)
 
 
@@ -143,6 +148,8 @@ def create(
     """A new CA. With force, the old one keeps working until the new one is complete on disk; then
     the two ca/ directories swap in one rename and the old one is kept as HOME/ca.old-DATE-XXXX."""
     check_name(name)
+    if intermediate_days > root_days:
+        raise NtspkiError(f"the intermediate ({intermediate_days} days) cannot outlive the root ({root_days} days)", 2)
     home.ensure()
     with home.lock():
         refuse_overwrite(home, force)

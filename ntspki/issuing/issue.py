@@ -109,6 +109,7 @@ def issue(
     built = _build(ca, req, ident)
     home.ensure()
     with home.lock():
+        _ = home.ledger  # a ledger that cannot be opened fails here, before any file is written
         return _write(home, ca, built, durable=True)
 
 
@@ -156,6 +157,7 @@ def issue_many(
     ca = ca_mod.load(home)
     home.ensure()
     with _builder(home, ca, requests, key_type, days, allow_change) as results, home.lock():
+        _ = home.ledger  # a ledger that cannot be opened fails here, before any file is written
         prepared: list[tuple[_Built, int]] = []
         issued: list[Issued] = []
         try:

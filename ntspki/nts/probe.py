@@ -317,6 +317,21 @@ def probe(
     return result
 
 
+def check_expectations(name: str | None, fingerprint: str | None, serial: str | None) -> None:
+    """Usage errors before any connection: a name no certificate can hold, a fingerprint that is
+    not 32 bytes of hex, a serial that is not hex."""
+    import re
+
+    if name is not None:
+        names.parse_san(name)  # a one-line BadName (exit 2)
+    if fingerprint is not None and not re.fullmatch(r"[0-9a-fA-F]{64}", re.sub(r"[: ]", "", fingerprint)):
+        raise NtspkiError(
+            f"--expect-fingerprint {fingerprint!r}: give the SHA-256 as 64 hex digits (colons allowed)", 2
+        )
+    if serial is not None and not re.fullmatch(r"[0-9a-fA-F]{1,64}", re.sub(r"[: ]", "", serial)):
+        raise NtspkiError(f"--expect-serial {serial!r}: give the serial in hex (colons allowed)", 2)
+
+
 def _expectations(result: ProbeResult, fingerprint, serial, warn_days) -> None:
     leaf = result.chain[0] if result.chain else None
     if leaf is None:

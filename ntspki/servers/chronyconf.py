@@ -204,7 +204,12 @@ def chronyd_verdict(path: str, timeout: float = 10.0) -> str | None:
         return None
     try:
         proc = subprocess.run(
-            [chronyd, "-p", "-f", str(path)], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+            [chronyd, "-p", "-f", str(path)],
+            capture_output=True,
+            text=True,
+            errors="replace",  # chronyd echoes the bytes of the file it parsed, whatever they are
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
         )
     except subprocess.TimeoutExpired:
         return f"unknown: chronyd -p took more than {timeout:.0f} s"

@@ -107,24 +107,31 @@ class Home:
 
             try:
                 self._ledger = Ledger(self.ledger_path)
+            except NtspkiError:
+                raise
             except Exception as e:
                 raise NtspkiError(f"cannot open the ledger {self.ledger_path}: {e}")
         return self._ledger
 
-    def ledger_rows(self, name: str | None = None, latest_only: bool = True) -> list[dict]:
-        """Ledger rows without writing anything (`list`, `show`: they work on a read-only home)."""
+    def ledger_rows(
+        self, name: str | None = None, latest_only: bool = True, bad: list[str] | None = None
+    ) -> list[dict]:
+        """Ledger rows without writing anything (`list`, `show`: they work on a read-only home);
+        rows that are not what ntspki wrote are described in `bad` (see Ledger.rows)."""
         if self._ledger is not None:
-            return self._ledger.rows(name, latest_only)
-        if not self.ledger_path.exists():
+            return self._ledger.rows(name, latest_only, bad)
+        if not os.path.lexists(self.ledger_path):
             return []
         from ntspki.store.ledger import Ledger
 
         try:
             ledger = Ledger(self.ledger_path, readonly=True)
+        except NtspkiError:
+            raise
         except Exception as e:
             raise NtspkiError(f"cannot read the ledger {self.ledger_path}: {e}")
         try:
-            return ledger.rows(name, latest_only)
+            return ledger.rows(name, latest_only, bad)
         finally:
             ledger.close()
 

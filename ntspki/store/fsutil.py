@@ -200,3 +200,23 @@ def read_bounded(path: Path | str, limit: int, what: str, *, binary: bool = Fals
         except UnicodeDecodeError as e:
             raise refuse(f"not UTF-8 text (byte {e.start})") from None
     return data
+
+
+def check_destination(path: Path | str, what: str, parents_made: bool = False) -> Path:
+    """A file about to be written (atomic_write): a file name inside an existing directory (or
+    one the caller makes: parents_made), not a directory itself. Checked before anything else is
+    done, so a typo changes nothing."""
+    from ntspki.errors import NtspkiError
+
+    text = os.fspath(path)
+    if not text or "\0" in text:
+        raise NtspkiError(f"{what} {text!r}: not a usable file name", 2)
+    p = Path(os.path.normpath(os.path.abspath(text)))
+    if text.endswith("/") or os.path.isdir(p):
+        raise NtspkiError(f"{what} {text!r} is a directory; name the file to write", 2)
+    parent = next((q for q in p.parents if os.path.lexists(q)), None)
+    if parent is not None and not os.path.isdir(parent):
+        raise NtspkiError(f"{what} {text!r}: {parent} is not a directory", 2)
+    if not parents_made and parent != p.parent:
+        raise NtspkiError(f"{what} {text!r}: directory {p.parent} does not exist", 2)
+    return p

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 from pathlib import Path
+
+from ntspki.errors import NtspkiError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS certificates (
@@ -34,18 +37,64 @@ CREATE TABLE IF NOT EXISTS revocations (
 """
 
 
+COLUMNS = {
+    "certificates": {
+        "id", "name", "version", "serial", "sans", "not_before", "not_after", "sha256", "key_type", "issuer",
+        "source", "issued_at",
+    },
+    "revocations": {"serial", "name", "version", "issuer", "not_after", "reason", "revoked_at"},
+}  # fmt: skip
+
+
+class BadLedger(NtspkiError):
+    """The ledger file is not an ntspki ledger (not SQLite, a FIFO, a foreign schema)."""
+
+
+def _check_file(path: Path) -> None:
+    """SQLite would block opening a FIFO and create the target of a dangling link: refuse both,
+    and anything else that is not a regular file, before it gets the path."""
+    import stat
+
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise BadLedger(f"the ledger {path} is a dangling symbolic link") from None
+        return
+    if not stat.S_ISREG(st.st_mode):
+        raise BadLedger(f"the ledger {path} is not a regular file")
+
+
+def _check_schema(db: sqlite3.Connection, path: Path) -> None:
+    """Tables that are there must have ntspki's columns: another program's table of the same name
+    is an error naming it, not a failed INSERT after the certificate was written."""
+    for table, wanted in COLUMNS.items():
+        kind = db.execute("SELECT type FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+        if kind is None:
+            continue
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if kind[0] != "table" or not wanted <= have:
+            missing = ", ".join(sorted(wanted - have)) or "none"
+            raise BadLedger(f"the ledger {path} is not ntspki's: {kind[0]} {table} lacks columns {missing}")
+
+
 class Ledger:
     def __init__(self, path: Path, readonly: bool = False):
+        _check_file(path)
         if readonly:
             self.db = _open_readonly(path)
             return
-        self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
-        self.db.row_factory = sqlite3.Row
-        # WAL: readers (`ntspki list`) never block a writer; NORMAL sync is durable at checkpoints
-        # and the batch path syncs the file system on exit.
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(SCHEMA)
+        try:
+            self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self.db.row_factory = sqlite3.Row
+            _check_schema(self.db, path)
+            # WAL: readers (`ntspki list`) never block a writer; NORMAL sync is durable at
+            # checkpoints and the batch path syncs the file system on exit.
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise BadLedger(f"cannot open the ledger {path}: {e}") from None
 
     def close(self) -> None:
         self.db.close()
@@ -69,7 +118,10 @@ class Ledger:
             ),
         )
 
-    def rows(self, name: str | None = None, latest_only: bool = True) -> list[dict]:
+    def rows(self, name: str | None = None, latest_only: bool = True, bad: list[str] | None = None) -> list[dict]:
+        """The rows (the latest version of each lineage), each checked: a row that is not what
+        ntspki wrote raises BadLedger naming it, or, given a `bad` list, is described there and
+        left out (`list` still shows the others)."""
         where, args = ("WHERE name = ?", [name]) if name else ("", [])
         if latest_only:
             query = (
@@ -79,10 +131,19 @@ class Ledger:
         else:
             query = f"SELECT * FROM certificates {where} ORDER BY name, version"
         out = []
-        for row in self.db.execute(query, args):
-            d = dict(row)
-            d["sans"] = json.loads(d["sans"])
-            out.append(d)
+        try:
+            found = [dict(row) for row in self.db.execute(query, args)]
+        except sqlite3.DatabaseError as e:
+            raise BadLedger(f"cannot read the ledger: {e}") from None
+        for d in found:
+            problem = _row_problem(d)
+            if problem is None:
+                out.append(d)
+                continue
+            what = f"ledger row {d.get('id')} ({d.get('name')!r:.40} version {d.get('version')!r:.10}): {problem}"
+            if bad is None:
+                raise BadLedger(what)
+            bad.append(what)
         return out
 
     # -- revocations (ntspki.issuing.revocation writes them; deploy refuses what they list) ----------
@@ -109,14 +170,40 @@ class Ledger:
         return [dict(r) for r in self.db.execute("SELECT * FROM revocations ORDER BY revoked_at, serial")]
 
 
+def _row_problem(d: dict) -> str | None:
+    """What is wrong with a certificates row (decoding its `sans` in place), or None."""
+    import datetime as dt
+
+    for key in ("name", "serial", "sha256", "key_type", "issuer", "source"):
+        if not isinstance(d.get(key), str):
+            return f"{key} {d.get(key)!r:.40} is not text"
+    if isinstance(d.get("version"), bool) or not isinstance(d.get("version"), int):
+        return f"version {d.get('version')!r:.20} is not a number"
+    for key in ("not_before", "not_after"):
+        try:
+            when = dt.datetime.fromisoformat(d[key])
+        except (TypeError, ValueError):
+            return f"{key} {d.get(key)!r:.40} is not a date"
+        if when.tzinfo is None:
+            return f"{key} {d.get(key)!r:.40} has no time zone"
+    try:
+        sans = json.loads(d["sans"])
+    except (TypeError, ValueError, RecursionError):
+        return f"sans {d.get('sans')!r:.40} is not JSON"
+    if not isinstance(sans, list) or not all(isinstance(n, str) for n in sans):
+        return f"sans {d.get('sans')!r:.40} is not a list of names"
+    d["sans"] = sans
+    return None
+
+
 def revoked(home_path: Path, serial: int) -> dict | None:
     """The revocation of `serial` in the ledger of the ntspki home at `home_path` (None: not revoked,
     or no ledger there). Read-only: deploy may run where the home cannot be written."""
-    from ntspki.errors import NtspkiError
 
     path = Path(home_path) / "ledger.sqlite3"
     if not path.exists():
         return None
+    _check_file(path)
     try:
         db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
         try:
@@ -137,7 +224,6 @@ def refuse_revoked(live_dir: Path, *certs) -> None:
     """Raise when one of `certs` (a lineage's chain, leaf first), read from lineage directory
     `live_dir`, is revoked in the ledger of the ntspki home that holds it (HOME/live/NAME): the leaf,
     or the intermediate that issued it. Other sources, such as certbot's, have no ledger here."""
-    from ntspki.errors import NtspkiError
 
     live_dir = Path(live_dir)
     if live_dir.parent.name != "live":
@@ -158,13 +244,18 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     from urllib.parse import quote
 
     uri = f"file:{quote(str(Path(path).absolute()))}"
+    error: Exception | None = None
     for mode in ("mode=ro", "mode=ro&immutable=1"):
         db = sqlite3.connect(f"{uri}?{mode}", uri=True, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
+            _check_schema(db, path)
             db.execute("SELECT count(*) FROM certificates").fetchone()
             return db
-        except sqlite3.OperationalError as e:
+        except sqlite3.DatabaseError as e:
             db.close()
             error = e
-    raise error
+        except BadLedger:
+            db.close()
+            raise
+    raise BadLedger(f"cannot read the ledger {path}: {error}")
