@@ -891,8 +891,6 @@ case("probe-ca-not-pem", "probe", "127.0.0.1:1", "--ca", "{w}/ca.pem", files={"c
 
 # check: exit 3 (UNKNOWN) for what cannot be read, reported on stdout as monitoring expects
 for key, how in BAD_FILES_NO_MISSING.items():
-    if key in ("fifo", "dev-zero", "dev-urandom", "directory"):
-        continue  # protected by test_check already
     case(f"check-conf-{key}", "check", "--chrony-conf", "{w}/c.conf", files={"c.conf": how}, code=None, stdout_ok=True)
     case(
         f"check-include-{key}",
@@ -926,6 +924,26 @@ for key, how in BAD_FILES.items():
         code=None,
         stdout_ok=True,
     )
+for key in ("fifo", "dev-zero", "dev-urandom", "sparse-64M", "directory"):
+    case(
+        f"check-serverkey-{key}",
+        "check",
+        "--chrony-conf",
+        "{w}/c.conf",
+        files={"c.conf": "ntsserverkey {w}/k.pem\nntsservercert {w}/c.pem\n", "k.pem": BAD_FILES[key], "c.pem": "x"},
+        code=None,
+        stdout_ok=True,
+    )
+    case(
+        f"check-trustedcerts-{key}",
+        "check",
+        "--chrony-conf",
+        "{w}/c.conf",
+        files={"c.conf": "server ntp.example iburst nts\nntstrustedcerts {w}/t.pem\n", "t.pem": BAD_FILES[key]},
+        code=None,
+        stdout_ok=True,
+    )
+case("probe-from-stdin-binary", "probe", "--from", "-", stdin="\x00\x01", code=None)
 case(
     "check-user-unknown",
     "check",
@@ -1293,3 +1311,53 @@ def test_debug_env_shows_the_traceback_for_developers(world, monkeypatch):
     assert code == 1 and err.count("\n") == 1 and "internal error: RuntimeError: a bug over two lines" in err
     code, out, err, _ = run_inprocess(["--home", str(world.h), "issue", "x"], None, {})
     assert code == 99 and "Traceback" in err and "RuntimeError: a bug" in err
+
+
+# ---- the one bounded reader ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("key", sorted(BAD_FILES))
+def test_read_bounded_refuses_quickly_in_bounded_memory(tmp_path, key):
+    from ntspki.errors import NtspkiError
+    from ntspki.store import fsutil
+
+    path = tmp_path / "input"
+    BAD_FILES[key](path)
+    start = time.monotonic()
+    with pytest.raises(NtspkiError) as e:
+        fsutil.read_bounded(path, 1 << 20, "input")
+    assert time.monotonic() - start < 2
+    assert str(e.value).startswith(f"cannot read input {path}: ") and "\n" not in str(e.value)
+    assert e.value.exit_code == 2
+
+
+def test_read_bounded_reads_text_up_to_the_limit(tmp_path):
+    from ntspki.errors import NtspkiError
+    from ntspki.store import fsutil
+
+    p = tmp_path / "ok"
+    p.write_text("caf\u00e9\n" * 100)
+    assert fsutil.read_bounded(p, p.stat().st_size, "x").decode() == "caf\u00e9\n" * 100
+    with pytest.raises(NtspkiError, match="larger than"):
+        fsutil.read_bounded(p, p.stat().st_size - 1, "x")
+    assert fsutil.read_bounded(Path("/proc/self/status"), 1 << 20, "x")  # st_size 0, still read
+    p.write_bytes(b"\x00\xff")
+    assert fsutil.read_bounded(p, 10, "x", binary=True) == b"\x00\xff"
+
+
+def test_every_file_read_goes_through_read_bounded():
+    """No unbounded reads of input files anywhere in ntspki (the test labs excepted: they read
+    what they wrote themselves)."""
+    import re
+
+    root = Path(__file__).parent.parent / "ntspki"
+    allowed = {"servers/lab.py", "servers/nslab.py", "errors.py", "store/fsutil.py", "pki/bundle.py"}
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        rel = str(path.relative_to(root))
+        if rel in allowed:
+            continue
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.search(r"\.read_(bytes|text)\(|(?<![.\w])open\(", line):
+                offenders.append(f"{rel}:{n}: {line.strip()}")
+    assert not offenders, "\n".join(offenders)

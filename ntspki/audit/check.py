@@ -53,6 +53,13 @@ class Checker(ClientChecks):
 
     def chronyd_opinion(self) -> None:
         """chronyd's own parser (`chronyd -p`) as a second opinion: what it refuses never starts."""
+        if self.conf.not_files:
+            self.add(
+                "unknown",
+                "chronyd-parse",
+                f"chronyd -p not run: it would read {', '.join(self.conf.not_files)}, which is not a regular file",
+            )
+            return
         verdict = chronyconf.chronyd_verdict(self.conf.path)
         if verdict is None:
             self.add(

@@ -9,8 +9,9 @@ import os
 from pathlib import Path
 
 from ntspki.audit.findings import Finding, Report
+from ntspki.errors import NtspkiError
 from ntspki.servers import chronyconf
-from ntspki.store import access
+from ntspki.store import access, fsutil
 
 
 def cannot_exist(path: str) -> str | None:
@@ -75,26 +76,28 @@ class CheckerBase:
             )
             return None
         try:
-            return Path(path).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            blocker = cannot_exist(path)
-            self.add(
-                "critical",
-                f"{what}-missing",
-                f"{what} file {path} does not exist" + (f" and cannot: {blocker}" if blocker else ""),
-                f"fix the path in {where}" if blocker else f"fix the path in {where} or deploy the file",
-                path,
-                where,
-            )
-        except PermissionError:
-            self.add(
-                "unknown",
-                f"{what}-unreadable-here",
-                f"cannot read {path} as uid {os.geteuid()}",
-                "run ntspki check as root",
-                path,
-                where,
-            )
-        except OSError as e:
-            self.add("critical", f"{what}-unreadable", f"cannot read {path}: {e.strerror}", None, path, where)
+            return fsutil.read_bounded(path, fsutil.PEM_LIMIT, f"{what} file", binary=True)
+        except NtspkiError as e:
+            cause = e.__cause__  # the OSError of the open, when that is what failed
+            if isinstance(cause, (FileNotFoundError, NotADirectoryError)):
+                blocker = cannot_exist(path)
+                self.add(
+                    "critical",
+                    f"{what}-missing",
+                    f"{what} file {path} does not exist" + (f" and cannot: {blocker}" if blocker else ""),
+                    f"fix the path in {where}" if blocker else f"fix the path in {where} or deploy the file",
+                    path,
+                    where,
+                )
+            elif isinstance(cause, PermissionError):
+                self.add(
+                    "unknown",
+                    f"{what}-unreadable-here",
+                    f"cannot read {path} as uid {os.geteuid()}",
+                    "run ntspki check as root",
+                    path,
+                    where,
+                )
+            else:  # another OSError, or there but no file (a FIFO, a device, a huge file)
+                self.add("critical", f"{what}-unreadable", str(e), None, path, where)
         return None

@@ -478,7 +478,7 @@ class Translator:
 
             from ntspki.pki import san_strings
 
-            cert = x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
+            cert = x509.load_pem_x509_certificates(fsutil.read_bounded(path, fsutil.PEM_LIMIT, "certificate"))[0]
             return san_strings(cert)
         except Exception:
             return []

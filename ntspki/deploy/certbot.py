@@ -53,7 +53,7 @@ def install_certbot_hook(
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise NtspkiError(f"{path} exists and is not a regular file")
     if path.exists():
-        if path.read_bytes() == script:
+        if fsutil.read_bounded(path, fsutil.PEM_LIMIT, "hook", binary=True) == script:
             os.chmod(path, 0o755)
             return path, False
         if not force:

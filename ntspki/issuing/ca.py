@@ -205,9 +205,9 @@ def load(home: Home) -> CA:
     if not exists(home):
         raise NtspkiError(f"no CA in {home.path}: run `ntspki ca create` first")
     try:
-        root = x509.load_pem_x509_certificate(_read(home.ca_dir / "root.pem"))
-        inter = x509.load_pem_x509_certificate(_read(home.ca_dir / "intermediate.pem"))
-        key_pem = _read(home.private_dir / "intermediate.key")
+        root = x509.load_pem_x509_certificate(read_ca_file(home.ca_dir / "root.pem"))
+        inter = x509.load_pem_x509_certificate(read_ca_file(home.ca_dir / "intermediate.pem"))
+        key_pem = read_ca_file(home.private_dir / "intermediate.key")
     except OSError as e:
         raise NtspkiError(f"cannot read the CA in {home.ca_dir}: {e.strerror}")
     except ValueError as e:
@@ -215,19 +215,19 @@ def load(home: Home) -> CA:
     return CA(root, inter, keys.load_private_pem(key_pem, what="intermediate CA key"))
 
 
-def _read(path: Path) -> bytes:
+def read_ca_file(path: Path) -> bytes:
     """A file of the CA: bounded, so a damaged or replaced one (a FIFO, a device) is an error."""
     return fsutil.read_bounded(path, fsutil.PEM_LIMIT, "CA file", exit_code=1)
 
 
 def load_root_key(home: Home, passphrase: bytes | None, directory: Path | None = None):
     path = (directory or home.ca_dir) / "private" / "root.key"
-    data = _read(path)
+    data = read_ca_file(path)
     return keys.load_private_pem(data, passphrase, what=f"root CA key {path}")
 
 
 def root_key_encrypted(home: Home) -> bool:
-    return keys.is_encrypted_pem(_read(home.private_dir / "root.key"))
+    return keys.is_encrypted_pem(read_ca_file(home.private_dir / "root.key"))
 
 
 # ---- intermediates ------------------------------------------------------------------------------
@@ -258,7 +258,7 @@ class Issuer:
     current: bool
 
     def key(self):
-        return keys.load_private_pem(_read(self.key_path), what=f"intermediate CA key {self.key_path}")
+        return keys.load_private_pem(read_ca_file(self.key_path), what=f"intermediate CA key {self.key_path}")
 
 
 def issuers(home: Home) -> list[Issuer]:
@@ -267,13 +267,13 @@ def issuers(home: Home) -> list[Issuer]:
     current = home.ca_dir / "intermediate.pem"
     if current.exists():
         out.append(
-            Issuer(x509.load_pem_x509_certificate(current.read_bytes()), home.private_dir / "intermediate.key", True)
+            Issuer(x509.load_pem_x509_certificate(read_ca_file(current)), home.private_dir / "intermediate.key", True)
         )
     retired = sorted((home.ca_dir / "retired").glob("*.pem"), key=lambda p: p.stat().st_mtime, reverse=True)
     for p in retired:
         out.append(
             Issuer(
-                x509.load_pem_x509_certificate(p.read_bytes()), home.private_dir / "retired" / f"{p.stem}.key", False
+                x509.load_pem_x509_certificate(read_ca_file(p)), home.private_dir / "retired" / f"{p.stem}.key", False
             )
         )
     return out
@@ -316,7 +316,7 @@ def rotate_intermediate(
             list(permit_dns),
             list(permit_ip),
         )
-        retire(home, ca.intermediate, (home.private_dir / "intermediate.key").read_bytes())
+        retire(home, ca.intermediate, read_ca_file(home.private_dir / "intermediate.key"))
         # Key first, certificate last; a crash in between leaves a pair that `load` reads but that
         # fails issue's key check, and running this again replaces both.
         fsutil.atomic_write(home.private_dir / "intermediate.key", keys.private_pem(key), 0o600)
@@ -390,7 +390,7 @@ def status(home: Home, warn_days: int = WARN_DAYS, critical_days: int = CRITICAL
         raise NtspkiError("--critical-days must not be more than --warn-days", 2)
     ca = load(home)
     now = pki.now()
-    root_key_pem = (home.private_dir / "root.key").read_bytes()
+    root_key_pem = read_ca_file(home.private_dir / "root.key")
     dns, ips = constraints_of(ca.intermediate)
     warnings = expiry_warnings("root", ca.root, warn_days, critical_days, now) + expiry_warnings(
         "intermediate", ca.intermediate, warn_days, critical_days, now
@@ -456,8 +456,8 @@ def status(home: Home, warn_days: int = WARN_DAYS, critical_days: int = CRITICAL
 def quick_warnings(home: Home) -> list[dict]:
     """The CA's expiry warnings, for `list`: cheap, and silent when there is no CA."""
     try:
-        root = x509.load_pem_x509_certificate((home.ca_dir / "root.pem").read_bytes())
-        inter = x509.load_pem_x509_certificate((home.ca_dir / "intermediate.pem").read_bytes())
-    except (OSError, ValueError):
+        root = x509.load_pem_x509_certificate(read_ca_file(home.ca_dir / "root.pem"))
+        inter = x509.load_pem_x509_certificate(read_ca_file(home.ca_dir / "intermediate.pem"))
+    except (OSError, ValueError, NtspkiError):
         return []
     return expiry_warnings("root", root) + expiry_warnings("intermediate", inter)

@@ -110,7 +110,8 @@ def _find(home: Home, name: str | None, serial: int | None) -> tuple[x509.Certif
         if row["serial"] == want:
             path = home.archive / row["name"] / f"cert{row['version']}.pem"
             try:
-                return pki.load_certs(path.read_bytes(), str(path))[0], row["name"], row["version"]
+                data = fsutil.read_bounded(path, fsutil.PEM_LIMIT, "certificate", exit_code=1)
+                return pki.load_certs(data, str(path))[0], row["name"], row["version"]
             except OSError as e:
                 raise NtspkiError(f"serial {want} is {row['name']} version {row['version']}, but {path}: {e.strerror}")
     intermediate = _intermediate(home, serial)

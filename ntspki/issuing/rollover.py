@@ -64,7 +64,7 @@ def _record(home: Home, data: dict, phase: str) -> dict:
 
 
 def _cert(path: Path) -> x509.Certificate:
-    return x509.load_pem_x509_certificate(fsutil.read_bounded(path, fsutil.PEM_LIMIT, "CA file", exit_code=1))
+    return x509.load_pem_x509_certificate(ca_mod.read_ca_file(path))
 
 
 @dataclass
@@ -155,18 +155,20 @@ def switch(home: Home) -> Step:
                 fsutil.make_private_dir(staging / "private")
                 for name in FILES:
                     mode = 0o600 if name.startswith("private/") else 0o644
-                    fsutil.atomic_write(staging / name, (home.ca_dir / name).read_bytes(), mode)
+                    fsutil.atomic_write(staging / name, ca_mod.read_ca_file(home.ca_dir / name), mode)
                 os.rename(staging, prev)
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         # 2. its intermediate keeps signing CRLs for the certificates it issued
-        ca_mod.retire(home, _cert(prev / "intermediate.pem"), (prev / "private" / "intermediate.key").read_bytes())
+        ca_mod.retire(
+            home, _cert(prev / "intermediate.pem"), ca_mod.read_ca_file(prev / "private" / "intermediate.key")
+        )
         # 3. the new chain becomes the issuing one (keys first, root.pem last)
         if (nxt / "root.pem").exists():
             for name in FILES:
                 fsutil.atomic_write(
-                    home.ca_dir / name, (nxt / name).read_bytes(), 0o600 if name.startswith("private/") else 0o644
+                    home.ca_dir / name, ca_mod.read_ca_file(nxt / name), 0o600 if name.startswith("private/") else 0o644
                 )
             trust.write_bundle(home.ca_dir, [_cert(home.ca_dir / "root.pem"), _cert(prev / "root.pem")])
             shutil.rmtree(nxt)

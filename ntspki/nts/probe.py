@@ -217,10 +217,12 @@ def _system_bundle() -> list:
     paths = ssl.get_default_verify_paths()
     for bundle in (paths.cafile, paths.openssl_cafile, "/etc/ssl/certs/ca-certificates.crt"):
         if bundle and os.path.isfile(bundle):
+            from ntspki.store import fsutil
+
             try:
-                data = Path(bundle).read_bytes()
-            except OSError as e:
-                raise NtspkiError(f"cannot load the system trust store ({bundle}): {e.strerror}; use --ca FILE")
+                data = fsutil.read_bounded(bundle, 64 << 20, "system trust store", binary=True, exit_code=1)
+            except NtspkiError as e:
+                raise NtspkiError(f"{e}; use --ca FILE") from None
             # One by one: a root this release of cryptography cannot read (or warns about, such as a
             # serial number that is not positive) must not take the other roots with it.
             certs = []

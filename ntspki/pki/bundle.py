@@ -12,6 +12,8 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+MAX_BUNDLE = 16 << 20
+
 
 def read_trusted(path: str | Path) -> list[x509.Certificate]:
     """The certificates chrony trusts from one `ntstrustedcerts` argument; unreadable files and
@@ -24,7 +26,12 @@ def read_trusted(path: str | Path) -> list[x509.Certificate]:
     out: list[x509.Certificate] = []
     for f in files:
         try:
-            out += x509.load_pem_x509_certificates(f.read_bytes())
+            # Only regular files of a sane size (a FIFO would block, a device never end); the
+            # bounded reader lives in store, which pki may not import.
+            if not f.is_file() or f.stat().st_size > MAX_BUNDLE:
+                continue
+            with open(f, "rb") as fh:
+                out += x509.load_pem_x509_certificates(fh.read(MAX_BUNDLE))
         except (OSError, ValueError):
             continue
     return out

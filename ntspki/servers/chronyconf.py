@@ -72,6 +72,8 @@ class ChronyConf:
     directives: list[Directive] = field(default_factory=list)
     files: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)  # unreadable included files and the like
+    # included paths that are there but no regular file (a FIFO, a device): chronyd -p would block
+    not_files: list[str] = field(default_factory=list)
 
     def all(self, name: str) -> list[Directive]:
         return [d for d in self.directives if d.name == name]
@@ -145,6 +147,8 @@ def _parse_file(conf: ChronyConf, path: str, depth: int, sources_only: bool = Fa
         text = _read(path)
     except NtspkiError as e:
         conf.problems.append(str(e))
+        if os.path.exists(path) and not os.path.isfile(path):
+            conf.not_files.append(path)
         return
     _parse_text(conf, text, path, depth, sources_only)
 

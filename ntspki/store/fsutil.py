@@ -156,7 +156,8 @@ def read_bounded(path: Path | str, limit: int, what: str, *, binary: bool = Fals
     Every input file a user names goes through here: a device (/dev/zero), a FIFO or a directory
     is refused without blocking (opened O_NONBLOCK, then judged by fstat, so nothing can swap the
     file after the check), a file over `limit` is refused after reading at most limit+1 bytes, and
-    unless `binary` the contents must be UTF-8 text without NUL bytes (the caller may .decode())."""
+    unless `binary` the contents must be UTF-8 text without NUL bytes (the caller may .decode()).
+    When the open itself failed, the OSError is the error's __cause__ (FileNotFoundError, ...)."""
     import stat
 
     from ntspki.errors import NtspkiError
@@ -167,7 +168,7 @@ def read_bounded(path: Path | str, limit: int, what: str, *, binary: bool = Fals
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as e:
-        raise refuse(e.strerror or str(e)) from None
+        raise refuse(e.strerror or str(e)) from e  # the cause tells missing from forbidden
     except ValueError:  # an embedded NUL in the path
         raise refuse("the path holds a NUL character") from None
     try:
