@@ -58,11 +58,11 @@ def owe_restart(target: Target, full: bool = False) -> None:
 
 def restart_owed(target: Target) -> str | None:
     """None, "reload" (the service's own action will do) or "restart" (a reload will not)."""
-    try:
-        record = json.loads(_owed(target).read_bytes())
-    except FileNotFoundError:
+    if not os.path.lexists(_owed(target)):
         return None
-    except (OSError, ValueError):
+    try:
+        record = json.loads(fsutil.read_bounded(_owed(target), 64 << 10, "restart record", binary=True))
+    except (NtspkiError, ValueError, RecursionError):
         return "restart"  # unreadable: the safe side
     return "reload" if isinstance(record, dict) and record.get("restart") is False else "restart"
 

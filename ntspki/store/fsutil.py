@@ -150,14 +150,17 @@ KIB, MIB = 1 << 10, 1 << 20
 PEM_LIMIT = MIB  # a key, a certificate or a chain: a few KiB in practice
 
 
-def read_bounded(path: Path | str, limit: int, what: str, *, binary: bool = False, exit_code: int = 2) -> bytes:
+def read_bounded(
+    path: Path | str, limit: int, what: str, *, binary: bool = False, exit_code: int = 2, dir_fd: int | None = None
+) -> bytes:
     """The contents of the regular file `path`, at most `limit` bytes, or one clear NtspkiError.
 
     Every input file a user names goes through here: a device (/dev/zero), a FIFO or a directory
     is refused without blocking (opened O_NONBLOCK, then judged by fstat, so nothing can swap the
     file after the check), a file over `limit` is refused after reading at most limit+1 bytes, and
     unless `binary` the contents must be UTF-8 text without NUL bytes (the caller may .decode()).
-    When the open itself failed, the OSError is the error's __cause__ (FileNotFoundError, ...)."""
+    When the open itself failed, the OSError is the error's __cause__ (FileNotFoundError, ...).
+    With `dir_fd`, `path` is relative to that open directory (a lineage read as one version)."""
     import stat
 
     from ntspki.errors import NtspkiError
@@ -166,7 +169,7 @@ def read_bounded(path: Path | str, limit: int, what: str, *, binary: bool = Fals
         return NtspkiError(f"cannot read {what} {path}: {why}", exit_code)
 
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dir_fd)
     except OSError as e:
         raise refuse(e.strerror or str(e)) from e  # the cause tells missing from forbidden
     except ValueError:  # an embedded NUL in the path

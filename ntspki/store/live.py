@@ -314,27 +314,13 @@ def _read_at(dfd: int, live_dir: Path, name: str) -> Lineage:
     for kind in FILES:
         entry = f"{kind}.pem"
         try:
-            fd = os.open(entry, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC, dir_fd=dfd)
-        except FileNotFoundError:
+            data[kind] = fsutil.read_bounded(entry, MAX_FILE, f"lineage {name!r}", binary=True, exit_code=1, dir_fd=dfd)
+        except NtspkiError as e:
+            if not isinstance(e.__cause__, FileNotFoundError):
+                raise
             if not _still_live(dfd, live_dir):
-                raise _Moved
-            raise InconsistentLineage(f"lineage {name!r}: {entry} is missing")
-        except OSError as e:
-            raise NtspkiError(f"cannot read {live_dir / entry}: {e.strerror}")
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                raise NtspkiError(f"cannot read {live_dir / entry}: not a regular file")
-            chunks, size = [], 0
-            while chunk := os.read(fd, MAX_FILE + 1 - size):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > MAX_FILE:
-                    raise NtspkiError(f"cannot read {live_dir / entry}: larger than {MAX_FILE} bytes")
-        except OSError as e:
-            raise NtspkiError(f"cannot read {live_dir / entry}: {e.strerror}")
-        finally:
-            os.close(fd)
-        data[kind] = b"".join(chunks)
+                raise _Moved from None
+            raise InconsistentLineage(f"lineage {name!r}: {entry} is missing") from None
     if {kind: _readlink_at(dfd, f"{kind}.pem") for kind in FILES} != targets:
         raise _Moved  # relinked in place while read (certbot, or ntspki before version directories)
     versions = {linked_version(t) for t in targets.values() if t is not None}
