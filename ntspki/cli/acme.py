@@ -246,6 +246,8 @@ def renew(ctx, names, all_, force, dry_run, jitter, no_deploy, deploy_config, as
     if all_ and names:
         fail("give NAMEs or --all, not both", 2)
     home = get_home(ctx)
+    if not no_deploy:  # a broken deploy config is a usage error before any wait or renewal
+        renew_mod.check_deploy_config(home, Path(deploy_config) if deploy_config else None)
     if jitter and not dry_run:
         delay = random.uniform(0, jitter)
         _say(f"waiting {delay:.0f} s (--jitter)", as_json)

@@ -128,6 +128,8 @@ def _read(path: str) -> str:
     be anything, so they are replaced rather than refused."""
     from ntspki.store import fsutil
 
+    if os.path.realpath(path) == os.devnull:
+        return ""  # an empty configuration, as chronyd reads it (the one device that is a file)
     return fsutil.read_bounded(path, MAX_CONF_BYTES, "chrony config", binary=True).decode(errors="replace")
 
 
