@@ -81,6 +81,16 @@ def _save_account(home: Home, account: Account) -> None:
         fsutil.atomic_write(d / "account.json", json.dumps(meta, indent=2).encode() + b"\n", 0o600)
 
 
+def check_options(email: str | None, eab_kid: str | None, eab_hmac_key: str | None) -> None:
+    """Usage errors in the account options, before any connection is made."""
+    if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
+        raise NtspkiError(f"bad --email {email!r}", 2)
+    if bool(eab_kid) != bool(eab_hmac_key):
+        raise NtspkiError("--eab-kid and --eab-hmac-key go together", 2)
+    if eab_hmac_key and not re.fullmatch(r"[A-Za-z0-9_-]{16,}={0,2}", eab_hmac_key):
+        raise NtspkiError("bad --eab-hmac-key: expected the base64url HMAC key your CA gave you", 2)
+
+
 def register(
     home: Home,
     directory: str | None = None,
@@ -94,10 +104,7 @@ def register(
     """Make (or find again) the account for this directory. Idempotent: the stored key is reused,
     and the CA answers with the existing account for a key it knows."""
     url = resolve_directory(directory)
-    if email is not None and not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", email):
-        raise NtspkiError(f"bad --email {email!r}", 2)
-    if bool(eab_kid) != bool(eab_hmac_key):
-        raise NtspkiError("--eab-kid and --eab-hmac-key go together", 2)
+    check_options(email, eab_kid, eab_hmac_key)
     existing = load_account(home, url)
     conn = conn or Connection(url, ca_bundle)
     if not agree_tos:

@@ -29,13 +29,14 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ntspki import pki
-from ntspki.acme.accounts import load_account, register
+from ntspki.acme.accounts import check_options, load_account, register
 from ntspki.acme.connection import (
     DEFAULT_DIRECTORY,
     DIRECTORIES,
     VALIDATION_TIMEOUT,
     Connection,
     ca_errors,
+    check_ca_bundle,
     resolve_directory,
 )
 from ntspki.acme.solvers import Challenge, Solver
@@ -167,8 +168,12 @@ def obtain(
     if spec.key_type is not None and spec.key_type not in keys.ACME_KEY_TYPES:
         raise NtspkiError(f"ACME CAs issue for {', '.join(keys.ACME_KEY_TYPES)} keys, not {spec.key_type}", 2)
     spec.directory = resolve_directory(spec.directory)
+    check_options(email, eab_kid, eab_hmac_key)
+    if spec.profile is not None and not spec.profile.strip():
+        raise NtspkiError("--profile is empty", 2)
     if spec.ca_bundle:
         spec.ca_bundle = str(Path(spec.ca_bundle).absolute())
+        check_ca_bundle(spec.ca_bundle)
     req = Request(spec.name, list(spec.sans))
     lineage = req.lineage
     spec.challenge.check()

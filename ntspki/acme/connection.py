@@ -9,7 +9,6 @@ import contextlib
 import datetime as dt
 import re
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import josepy as jose
@@ -180,13 +179,25 @@ def _validation_failures(authzrs) -> str:
     return "; ".join(out) or "authorization failed without a reason"
 
 
+def check_ca_bundle(path: str) -> None:
+    """A regular file of PEM certificates (read bounded: a FIFO or a device must not hang us)."""
+    from ntspki import pki
+    from ntspki.store import fsutil
+
+    data = fsutil.read_bounded(path, 16 << 20, "--ca-bundle")
+    try:
+        pki.load_certs(data, f"--ca-bundle {path}")
+    except NtspkiError as e:
+        raise NtspkiError(str(e), 2) from None
+
+
 class Connection:
     """One ACME directory (the account key is set on .net once known); all HTTP goes through it."""
 
     def __init__(self, directory_url: str, ca_bundle: str | None = None):
         self.url = directory_url
-        if ca_bundle is not None and not Path(ca_bundle).is_file():
-            raise NtspkiError(f"--ca-bundle {ca_bundle}: no such file", 2)
+        if ca_bundle is not None:
+            check_ca_bundle(ca_bundle)
         # An explicit bundle wins over REQUESTS_CA_BUNDLE; without one, requests uses that variable
         # or its own store (what Let's Encrypt needs).
         self.net = _Network(

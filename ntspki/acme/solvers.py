@@ -50,10 +50,18 @@ class Challenge:
             if not root.is_dir():
                 raise NtspkiError(f"--webroot {self.webroot}: no such directory", 2)
             self.webroot = str(root.absolute())
-        elif not 0 < int(self.http_port) < 65536:
-            raise NtspkiError(f"--http-port {self.http_port}: not a port number", 2)
-        if self.dns_wait < 0:
-            raise NtspkiError("--dns-wait must not be negative", 2)
+        else:
+            if not 0 < int(self.http_port) < 65536:
+                raise NtspkiError(f"--http-port {self.http_port}: not a port number", 2)
+            if self.http_address:
+                from ntspki.pki import names
+
+                if names.parse_ip(self.http_address) is None:
+                    raise NtspkiError(f"--http-address {self.http_address!r}: not an IP address to listen on", 2)
+        import math
+
+        if not math.isfinite(self.dns_wait) or not 0 <= self.dns_wait <= 3600:
+            raise NtspkiError("--dns-wait must be 0 to 3600 seconds", 2)
         return self
 
     def to_dict(self) -> dict:

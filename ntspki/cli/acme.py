@@ -16,6 +16,8 @@ def _say(message: str, as_json: bool = False) -> None:
 def _directory(directory: str | None, staging: bool) -> str:
     if staging and directory not in (None, "letsencrypt-staging"):
         fail("give either --staging or --directory, not both", 2)
+    if directory is not None and not directory.strip():
+        fail("--directory is empty: give letsencrypt, letsencrypt-staging or an https:// URL", 2)
     return "letsencrypt-staging" if staging else (directory or "letsencrypt")
 
 
