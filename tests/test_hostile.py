@@ -117,6 +117,8 @@ def snapshot(*roots: Path) -> dict[str, tuple]:
                 st = os.lstat(p)
                 if stat.S_ISLNK(st.st_mode):
                     what: object = os.readlink(p)
+                elif stat.S_ISREG(st.st_mode) and st.st_size > 1 << 20:
+                    what = (st.st_size, st.st_mtime_ns)  # the big inputs the cases made: not hashed
                 elif stat.S_ISREG(st.st_mode):
                     with open(p, "rb") as f:
                         what = hashlib.sha256(f.read()).hexdigest()
@@ -350,6 +352,14 @@ HOST_NAMES_BAD = {
     "emoji": "\U0001f4a5.example",
     "percent": "ntp%25",
     "bidi-mixed": "\u05d0a.example",
+    "nbsp": "ntp\u00a0server",
+    "line-separator": "ntp\u2028server",
+    "ideographic-space": "ntp\u3000server",
+    "combining-grapheme-joiner": "ntp\u034fserver",
+    "khmer-inherent-vowel": "ntp\u17b4server",
+    "hangul-filler": "ntp\u115fserver",
+    "invisible-times": "ntp\u2062server",
+    "zero-width-space-only": "\u200b",
 }
 for key, value in HOST_NAMES_BAD.items():
     case(f"issue-name-{key}", "issue", value)
@@ -791,6 +801,8 @@ DEPLOY_FLAGS_BAD = {
     "probe-port-hex": {"probe": "127.0.0.1:0x10"},
     "probe-port-text": {"probe": "127.0.0.1:http"},
     "probe-port-space": {"probe": "127.0.0.1: 4460"},
+    "probe-port-arabic-digits": {"probe": "127.0.0.1:\u0664\u0664\u0666\u0660"},
+    "probe-port-plus": {"probe": "127.0.0.1:+4460"},
     "probe-bad-host": {"probe": "ntp\u00adserver:4460"},
     "probe-ipv6-open": {"probe": "[::1:4460"},
     "probe-empty-host": {"probe": ":4460"},

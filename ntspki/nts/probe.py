@@ -90,7 +90,7 @@ def parse_target(target: str, default_port: int = DEFAULT_PORT) -> tuple[str, in
         raise NtspkiError(f"bad target {target!r}: write an IPv6 address with a port as [ADDRESS]:PORT", 2)
     port = None
     if port_text is not None:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        if not (port_text.isascii() and port_text.isdigit()) or not 0 < int(port_text) < 65536:
             raise NtspkiError(f"bad target {target!r}: port must be 1-65535", 2)
         port = int(port_text)
     if names.parse_ip(host) is None:
