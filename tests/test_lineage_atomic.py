@@ -43,7 +43,11 @@ pairs, reads, retries, bad_fullchain, versions = {}, 0, 0, 0, set()
 print("ready", flush=True)
 done = 0
 while done < rounds or not os.path.exists(stop):
-    dfd = os.open(live_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:  # entering live/NAME can race the removal of the version it pointed at: retried too
+        dfd = os.open(live_dir, os.O_RDONLY | os.O_DIRECTORY)
+    except FileNotFoundError:
+        retries += 1
+        continue
     try:
         data = {}
         for kind in files:
