@@ -33,7 +33,7 @@ may be written; restart or reload), `journal` (the journalled install, recovery,
 `report` (results and JSON), `certbot` (the hook script); this module plans, applies and rolls
 back, and keeps every name importable from `ntspki.deploy`.
 
-Also in this package: target configuration (`deployconfig`) and the watcher (`watch`).
+Also in this package: target configuration (`deployconfig`, its one-setting checks in `checks`) and the watcher (`watch`).
 Layer: orchestration. May import `store`, `pki`, `servers`, `nts` (the served-certificate check, trust anchors)
 and `errors`; never `cli` or `issuing`.
 """

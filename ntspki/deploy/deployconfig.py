@@ -35,6 +35,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ntspki.deploy import checks
 from ntspki.errors import NtspkiError
 from ntspki.nts import NTSKE_PORT
 from ntspki.servers import services
@@ -108,74 +109,13 @@ class Target:
         }
 
 
-def parse_mode(value, what: str) -> int:
-    """'0640', '640', 0o640 or 416 -> 0o640; refuses anything that is not a plain permission mode."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        mode = value
-    elif isinstance(value, str):
-        try:
-            mode = int(value, 8)
-        except ValueError:
-            raise NtspkiError(f"{what}: {value!r} is not an octal mode like 0640", 2)
-    else:
-        raise NtspkiError(f"{what}: {value!r} is not an octal mode like 0640", 2)
-    if not 0 <= mode <= 0o777:
-        raise NtspkiError(f"{what}: {value!r} is not a permission mode (0000..0777)", 2)
-    return mode
-
-
-MAX_PROBE_TIMEOUT = 3600.0  # an hour: a server that has not served the new pair by then will not
-MAX_TARGET_NAME = 200  # leaves room for ".crt" and a temp-file prefix inside NAME_MAX (255)
-
-
-def check_target_name(name) -> str:
-    """A target name is also a file name (NAME.crt, NAME.key in the service's directory): it must
-    stay one, inside that directory."""
-    if not isinstance(name, str) or not name:
-        raise NtspkiError(f"target name {name!r}: must not be empty", 2)
-    bad = next((c for c in name if c in "/\0" or not c.isprintable()), None)
-    if bad is not None or name in (".", "..") or name.startswith("."):
-        raise NtspkiError(
-            f"target name {name!r}: not usable as a file name (no '/', control characters, or leading '.')", 2
-        )
-    if len(name.encode()) > MAX_TARGET_NAME:
-        raise NtspkiError(f"target name {name[:40]!r}...: longer than {MAX_TARGET_NAME} bytes", 2)
-    return name
-
-
-def check_probe_timeout(value, what: str = "probe_timeout") -> float:
-    """Seconds, finite, in (0, MAX_PROBE_TIMEOUT]: nan, inf or a year would hang a deploy."""
-    import math
-
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise NtspkiError(f"{what}: {value!r} is not a number of seconds", 2)
-    try:
-        seconds = float(value)
-    except OverflowError:
-        seconds = math.inf
-    if not math.isfinite(seconds) or not 0 < seconds <= MAX_PROBE_TIMEOUT:
-        raise NtspkiError(f"{what}: {value!r} is not a number of seconds in (0, {MAX_PROBE_TIMEOUT:g}]", 2)
-    return seconds
-
-
-def check_probe(value: str, what: str = "probe") -> str:
-    """HOST:PORT as the probe takes it: a host name or address and a port in 1-65535."""
-    from ntspki.nts.probe import parse_target
-
-    try:
-        parse_target(value)
-    except NtspkiError as e:
-        raise NtspkiError(f"{what}: {e}", 2)
-    return value
-
-
 def default_config_path(home) -> Path:
     return Path(home.path) / CONFIG_NAME
 
 
 def make_target(name: str, settings: dict, home=None, base: Path | None = None) -> Target:
     """A Target from settings (config table or flags), with every default filled in and checked."""
-    check_target_name(name)
+    checks.check_target_name(name)
     where = f"target {name!r}"
     unknown = set(settings) - KEYS
     if unknown:
@@ -237,7 +177,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         raise NtspkiError(f"{where}: ca must be a file or a list of files", 2)
     ca_paths = [path(c, "ca") for c in ca]
     for c in ca_paths:
-        _check_ca_file(c, where)
+        checks.check_ca_file(c, where)
     if not ca_paths and lineage is not None and (_renewal_source(home, lineage, where)) != "acme":
         ca_paths = [home.trust_path]  # the site CA issued it (an ACME lineage: the system store)
 
@@ -248,7 +188,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         service_conf = service.conf_file()
     else:
         service_conf = path(conf, "service_conf")
-        _check_readable(service_conf, f"{where}: service_conf")
+        checks.check_readable(service_conf, f"{where}: service_conf")
 
     probe = settings.get("probe", True)
     if probe is True:
@@ -259,7 +199,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
     elif not isinstance(probe, str):
         raise NtspkiError(f"{where}: probe must be HOST:PORT or false, not {probe!r}", 2)
     else:
-        check_probe(probe, f"{where}: probe")
+        checks.check_probe(probe, f"{where}: probe")
 
     names = settings.get("names")
     if names is not None and (not isinstance(names, list) or not all(isinstance(n, str) for n in names) or not names):
@@ -271,7 +211,7 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
     probe_name = text("probe_name")
     if probe_name is not None:
         names_mod.parse_san(probe_name)
-    timeout = check_probe_timeout(settings.get("probe_timeout", 10.0), f"{where}: probe_timeout")
+    timeout = checks.check_probe_timeout(settings.get("probe_timeout", 10.0), f"{where}: probe_timeout")
     owner, group, server_user = text("owner", "root"), text("group"), text("server_user")
     for setting, value in (("owner", owner), ("group", group), ("server_user", server_user)):
         if value is not None and not value.strip():
@@ -295,8 +235,8 @@ def make_target(name: str, settings: dict, home=None, base: Path | None = None) 
         key=key,
         owner=owner or "",
         group=group or service.group(),
-        key_mode=parse_mode(settings.get("key_mode", 0o640), f"{where}: key_mode"),
-        cert_mode=parse_mode(settings.get("cert_mode", 0o644), f"{where}: cert_mode"),
+        key_mode=checks.parse_mode(settings.get("key_mode", 0o640), f"{where}: key_mode"),
+        cert_mode=checks.parse_mode(settings.get("cert_mode", 0o644), f"{where}: cert_mode"),
         service=service,
         server_user=server_user,
         restart_command=restart_command,
@@ -333,29 +273,6 @@ def _renewal_source(home, lineage: str, where: str):
     return params.get("source")
 
 
-def _check_readable(path: Path, what: str) -> bytes:
-    from ntspki.store import fsutil
-
-    try:
-        return fsutil.read_bounded(path, MAX_CA_FILE, what)
-    except NtspkiError as e:
-        raise NtspkiError(str(e), 2)
-
-
-MAX_CA_FILE = 4 << 20  # a system CA bundle is ~200 KiB
-
-
-def _check_ca_file(path: Path, where: str) -> None:
-    """A trust file must be certificates: checked now, not after the pair was installed."""
-    from ntspki import pki
-
-    data = _check_readable(path, f"{where}: ca file")
-    try:
-        pki.load_certs(data, str(path))
-    except NtspkiError as e:
-        raise NtspkiError(f"{where}: ca: {e}", 2)
-
-
 def load(config_path: Path, home=None) -> list[Target]:
     """Every target in the config file, in file order. Raises NtspkiError on any mistake."""
     from ntspki.store import fsutil
@@ -380,7 +297,7 @@ def load(config_path: Path, home=None) -> list[Target]:
     out = []
     for name, settings in targets.items():
         try:
-            check_target_name(name)
+            checks.check_target_name(name)
         except NtspkiError as e:
             raise NtspkiError(f"{config_path}: {e}", 2)
         if not isinstance(settings, dict):

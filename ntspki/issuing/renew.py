@@ -13,8 +13,11 @@ CA (`ntspki.issuing.issue.issue`), "acme" orders again from the same directory, 
 profile and challenge (`ntspki.acme.acmeclient.obtain`). A "remote" lineage (`ntspki install`:
 its key was made here, its CA is on another host) cannot renew here: when due it is reported as
 needing the CA, which is no failure (the fleet's renew playbook does that round trip). One
-failure does not stop the others. Runs hold HOME/.renew.lock, so two timers never renew the same
-lineage twice.
+failure does not stop the others: a renewal file that is unusable in any way is that lineage's
+error. Runs hold HOME/.renew.lock, so two timers never renew the same lineage twice.
+
+One module of ~450 lines on purpose: planning, renewing, rehearsing and the hand-over to deploy
+share Plan and Outcome and read as one sequence.
 """
 
 from __future__ import annotations
