@@ -1207,6 +1207,39 @@ for key in ("eab-hmac-bad", "eab-kid-only", "email-bad", "directory-ftp", "ca-bu
         files={"conf.fifo": _fifo, "garbage": b"\xff garbage"},
     )
 
+# trust export: both destinations checked before either is written
+for key, (out, snippet) in {
+    "out-dir": ("{t}", None),
+    "out-missing-parent": ("{w}/nosuch/trust.pem", None),
+    "out-under-file": ("{t}/unrelated.conf/trust.pem", None),
+    "snippet-dir": ("{w}/trust.pem", "{t}"),
+    "snippet-missing-parent": ("{w}/trust.pem", "{w}/nosuch/snippet.conf"),
+    "same-file": ("{w}/trust.pem", "{w}/trust.pem"),
+}.items():
+    case(f"trust-export-{key}", "trust", "export", "--out", out, *(["--chrony-snippet", snippet] if snippet else []))
+case("trust-export-client-path-relative", "trust", "export", "--out", "{w}/t.pem", "--client-path", "rel/t.pem")
+for key in ("fifo", "empty", "too-long", "non-utf8", "dev-zero"):
+    case(
+        f"ca-rollover-start-passphrase-{key}",
+        "ca",
+        "rollover",
+        "start",
+        "--passphrase-file",
+        "{w}/pass",
+        files={"pass": PASSPHRASE_BAD[key]},
+    )
+case(
+    "ca-rollover-start-outlives",
+    "ca",
+    "rollover",
+    "start",
+    "--no-passphrase",
+    "--root-days",
+    "10",
+    "--intermediate-days",
+    "20",
+)
+
 # the home itself
 case("home-is-file", "--home", "{t}/unrelated.conf", "list", home=False, code=None)
 case("home-is-fifo", "--home", "{w}/h.fifo", "list", home=False, files={"h.fifo": _fifo}, code=None)

@@ -134,6 +134,12 @@ def build_into(
     return CA(root, inter, inter_key)
 
 
+def check_lifetimes(root_days: int, intermediate_days: int) -> None:
+    """An intermediate asked to outlive its root is a mistake, not something to shorten quietly."""
+    if intermediate_days > root_days:
+        raise NtspkiError(f"the intermediate ({intermediate_days} days) cannot outlive the root ({root_days} days)", 2)
+
+
 def create(
     home: Home,
     key_type: str = keys.DEFAULT_KEY_TYPE,
@@ -148,8 +154,7 @@ def create(
     """A new CA. With force, the old one keeps working until the new one is complete on disk; then
     the two ca/ directories swap in one rename and the old one is kept as HOME/ca.old-DATE-XXXX."""
     check_name(name)
-    if intermediate_days > root_days:
-        raise NtspkiError(f"the intermediate ({intermediate_days} days) cannot outlive the root ({root_days} days)", 2)
+    check_lifetimes(root_days, intermediate_days)
     home.ensure()
     with home.lock():
         refuse_overwrite(home, force)

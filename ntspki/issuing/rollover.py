@@ -86,6 +86,7 @@ def start(
     intermediate_days: int = pki.INTERMEDIATE_DAYS,
 ) -> Step:
     """A new root and intermediate beside the current ones; both roots in the trust bundle."""
+    ca_mod.check_lifetimes(root_days, intermediate_days)
     current = ca_mod.load(home)
     with home.lock():
         _sweep(home)

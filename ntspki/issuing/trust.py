@@ -86,20 +86,11 @@ class Export:
         }
 
 
-def _check_target(path: str, what: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        raise NtspkiError(f"{what} {path} is a directory: give a file name", 2)
-    if not p.parent.is_dir():
-        raise NtspkiError(f"{what} {path}: directory {p.parent} does not exist", 2)
-    return p
-
-
 def export(home: Home, out: str | None = None, snippet: str | None = None, client_path: str | None = None) -> Export:
     """The bundle (to `out`, else returned for stdout) and a chrony client snippet (to `snippet`).
     Every argument is checked before either file is written."""
-    out_path = _check_target(out, "--out") if out else None
-    snippet_path = _check_target(snippet, "--chrony-snippet") if snippet else None
+    out_path = fsutil.check_destination(out, "--out") if out else None
+    snippet_path = fsutil.check_destination(snippet, "--chrony-snippet") if snippet else None
     if out_path and snippet_path and out_path.absolute() == snippet_path.absolute():
         raise NtspkiError("--out and --chrony-snippet name the same file", 2)
     if client_path is not None and (not client_path.startswith("/") or any(c.isspace() for c in client_path)):
