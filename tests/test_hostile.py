@@ -1404,3 +1404,28 @@ def test_every_file_read_goes_through_read_bounded():
             if re.search(r"\.read_(bytes|text)\(|(?<![.\w])open\(", line):
                 offenders.append(f"{rel}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+# ---- host names: what IDNA refuses or would drop is an error, never dropped (item 8) --------------
+
+INVISIBLE = {k: v for k, v in HOST_NAMES_BAD.items() if any(not c.isascii() for c in v) and k not in ("emoji",)}
+
+
+@pytest.mark.parametrize("key", sorted(INVISIBLE))
+def test_names_refuse_what_idna_would_drop_or_refuse(key):
+    from ntspki.pki import names
+
+    with pytest.raises(names.BadName) as e:
+        names.parse_san(INVISIBLE[key] + ".example")
+    assert e.value.exit_code == 2 and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "name, alabel",
+    [("b\u00fccher.example", "xn--bcher-kva.example"), ("\uff4e\uff54\uff50.example", "ntp.example")],
+)
+def test_names_still_map_what_idna_maps(name, alabel):
+    """Visible characters UTS 46 maps (a fullwidth letter, an umlaut) keep working."""
+    from ntspki.pki import names
+
+    assert names.normalize_dns_name(name) == alabel
