@@ -160,6 +160,9 @@ def _error(message: str, code: int) -> NoReturn:
 def main(argv=None) -> None:
     import os
 
+    if argv is not None and any("\0" in str(a) for a in argv):
+        # exec() cannot pass one; a caller in Python can, and no path or name may hold one.
+        _error("an argument holds a NUL character", 2)
     try:
         rv = cli.main(args=argv, prog_name="ntspki", standalone_mode=False)
     except NtspkiError as e:
