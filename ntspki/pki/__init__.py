@@ -8,6 +8,7 @@ Layer: bottom. May import `cryptography` and `errors` only; everything else may 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -110,6 +111,7 @@ def make_intermediate(
     return builder.sign(root_key, keys.signature_hash(root_key))
 
 
+@functools.lru_cache(maxsize=8)  # certificates hash by DER: one lookup per issuer, not per leaf
 def _aki(issuer: x509.Certificate) -> x509.AuthorityKeyIdentifier:
     ski = issuer.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)

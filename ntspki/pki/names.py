@@ -6,6 +6,7 @@ configured by address against IP SANs only, so every value is classified once, h
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 
@@ -67,6 +68,9 @@ def _to_alabel(label: str, whole: str) -> str:
         raise BadName(f"bad host name {whole!r}: label {label!r} is not a valid internationalised label")
 
 
+# A batch names each host several times (parsing the list, the lineage, the identity, the
+# certificate); the answer for a string never changes and a refusal is not cached (it raises).
+@functools.lru_cache(maxsize=8192)
 def normalize_dns_name(value: str) -> str:
     """RFC 1123 host name (optionally with a whole left-most `*` label), lower-case A-labels."""
     whole = value
@@ -106,6 +110,7 @@ def normalize_dns_name(value: str) -> str:
     return out
 
 
+@functools.lru_cache(maxsize=8192)
 def parse_san(value: str) -> x509.GeneralName:
     """An IP literal becomes an IP SAN, anything else a validated DNS SAN."""
     ip = parse_ip(value.strip())

@@ -382,18 +382,34 @@ def _check_one(path: _Path, index: int, when: dt.datetime) -> None:
         )
     if when > cert.not_valid_after_utc:
         raise path.fail(index, "expired", f"{label} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    problem = _extensions_problem(cert)
+    if problem is None:
+        return
+    rule, detail = problem
+    if rule == "malformed":
+        raise path.fail(index, rule, f"{label} has an unreadable extension ({detail})")
+    raise path.fail(
+        index,
+        rule,
+        f"{label} has a critical extension that is not enforced here ({detail}): a client "
+        "that does not know it must refuse the certificate",
+    )
+
+
+# Pure functions of a certificate (which hashes and compares by its DER), cached so that a batch
+# judges its intermediate and root once rather than once for every leaf.
+@functools.lru_cache(maxsize=32)
+def _extensions_problem(cert: x509.Certificate) -> tuple[str, str] | None:
+    """("malformed", why) for an unreadable extension, ("critical-extension", which) for a critical
+    extension this module does not enforce, else None."""
     try:
         extensions = cert.extensions
     except ValueError as e:  # a duplicate or undecodable extension
-        raise path.fail(index, "malformed", f"{label} has an unreadable extension ({e})")
+        return "malformed", str(e)
     for ext in extensions:
         if ext.critical and ext.oid not in _ENFORCED:
-            raise path.fail(
-                index,
-                "critical-extension",
-                f"{label} has a critical extension that is not enforced here ({_oid_name(ext.oid)}): a client "
-                "that does not know it must refuse the certificate",
-            )
+            return "critical-extension", _oid_name(ext.oid)
+    return None
 
 
 def _check_leaf(path: _Path) -> None:
@@ -524,6 +540,7 @@ def _signature_problem(cert: x509.Certificate) -> str | None:
     return f"is signed with {name}{weak}: {ACCEPTED_SIGNATURES} are accepted"
 
 
+@functools.lru_cache(maxsize=32)
 def _key_problem(cert: x509.Certificate) -> str | None:
     if cert.public_key_algorithm_oid == PublicKeyAlgorithmOID.EC_PUBLIC_KEY:
         try:
@@ -620,6 +637,7 @@ def _oid_name(oid: x509.ObjectIdentifier) -> str:
     )
 
 
+@functools.lru_cache(maxsize=64)
 def _extension(cert: x509.Certificate, kind):
     try:
         return cert.extensions.get_extension_for_class(kind).value
