@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import pickle
 import signal
@@ -10,6 +11,8 @@ import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from cryptography import x509
 
 from ntspki import pki
 from ntspki.errors import NtspkiError
@@ -66,10 +69,15 @@ def _build(ca: ca_mod.CA, req: Request, ident: Identity) -> _Built:
     key = keys.generate(ident.key_type)
     cert = pki.make_leaf(key, ca.intermediate, ca.intermediate_key, sans, days)
     # Nothing is written unless the chain verifies for every name and the key is the cert's.
-    verify.verify_chain([ca.root], [cert, ca.intermediate], sans)
+    verify.verify_chain(_anchors(ca.root), [cert, ca.intermediate], sans)
     if not keys.key_matches_cert(key, cert):
         raise NtspkiError("internal error: the new key does not match the new certificate")
     return _Built(lineage, keys.private_pem(key), pki.cert_pem(cert), pki.CertInfo.of(cert), ident.key_type, days)
+
+
+@functools.lru_cache(maxsize=4)  # certificates hash by DER: one Anchors for a whole batch
+def _anchors(root: x509.Certificate) -> verify.Anchors:
+    return verify.Anchors([root])
 
 
 def _write(home: Home, ca: ca_mod.CA, built: _Built, durable: bool) -> Issued:
