@@ -183,10 +183,10 @@ def show(ctx, as_json):
 @click.pass_context
 def status(ctx, warn_days, critical_days, as_json):
     """The CA's state: root and intermediate, rollover phase, trust bundle, CRL, warnings."""
-    from ntspki.issuing import ca as ca_mod
+    from ntspki.issuing import castatus
 
     home = get_home(ctx)
-    st = ca_mod.status(home, warn_days, critical_days)
+    st = castatus.status(home, warn_days, critical_days)
     if as_json:
         echo_json(st)
         return

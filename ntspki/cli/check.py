@@ -38,7 +38,7 @@ class MonitoringCommand(click.Command):
     multiple=True,
     type=click.Path(),
     metavar="FILE",
-    help="Verify chains against FILE (repeatable) instead of the site CA's root; the system store is "
+    help="Verify chains against FILE (repeatable) instead of the site's trust bundle; the system store is "
     "trusted too unless --trust ca.",
 )
 @click.option(
@@ -46,7 +46,8 @@ class MonitoringCommand(click.Command):
     type=click.Choice(["both", "ca", "system"]),
     default="both",
     show_default=True,
-    help="both: the --ca files (default: the site CA's root, HOME/ca/root.pem) and the system trust store; "
+    help="both: the --ca files (default: the site's trust bundle, HOME/ca/trust.pem, else HOME/ca/root.pem) "
+    "and the system trust store; "
     "ca: only those files; system: only the system store.",
 )
 @click.option(

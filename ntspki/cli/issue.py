@@ -104,10 +104,10 @@ def _days_left(not_after: str) -> int:
 @click.pass_context
 def list_(ctx, expiring, as_json):
     """List every lineage's current certificate (from the ledger)."""
-    from ntspki.issuing import ca as ca_mod
+    from ntspki.issuing import castatus
 
     home = get_home(ctx).require_readable()
-    for w in ca_mod.quick_warnings(home):  # on stderr: the table and the JSON keep their shape
+    for w in castatus.quick_warnings(home):  # on stderr: the table and the JSON keep their shape
         click.echo(f"ntspki: warning: {w['message']} (fix: {w['fix']})", err=True)
     bad: list[str] = []
     rows = home.ledger_rows(bad=bad)

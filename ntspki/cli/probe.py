@@ -27,7 +27,7 @@ AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
     multiple=True,
     type=click.Path(dir_okay=False),
     metavar="FILE",
-    help="Trust the certificates in FILE (repeatable) instead of the site CA's root; the system store "
+    help="Trust the certificates in FILE (repeatable) instead of the site's trust bundle; the system store "
     "is trusted too unless --trust ca.",
 )
 @click.option(
@@ -35,7 +35,8 @@ AEAD_NAMES = {15: "AES-SIV-CMAC-256"}
     type=click.Choice(["both", "ca", "system"]),
     default="both",
     show_default=True,
-    help="both: the --ca files (default: the site CA's root, HOME/ca/root.pem) and the system trust store; "
+    help="both: the --ca files (default: the site's trust bundle, HOME/ca/trust.pem, else HOME/ca/root.pem) "
+    "and the system trust store; "
     "ca: only those files; system: only the system store.",
 )
 @click.option(
@@ -93,7 +94,7 @@ def probe(
     """Prove that NTS servers work: NTS-KE over TLS 1.3 with the certificate checked as chrony
     checks it, then one authenticated NTP exchange with a received cookie.
 
-    Trusts the site CA's root (or the --ca files) together with the system store, like a chrony
+    Trusts the site's roots (HOME/ca/trust.pem, or the --ca files) together with the system store, like a chrony
     client with `ntstrustedcerts ROOT` in certificate set 0; --trust narrows that to one.
     Exits 0 when every server passed, 1 when any failed, 2 on bad usage.
     """

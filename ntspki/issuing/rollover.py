@@ -27,7 +27,7 @@ from cryptography import x509
 from ntspki import pki
 from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
-from ntspki.issuing import trust
+from ntspki.issuing import castatus, trust
 from ntspki.pki import keys
 from ntspki.store import Home, fsutil
 
@@ -251,9 +251,9 @@ def describe(home: Home, st: dict | None, now: dt.datetime | None = None) -> dic
     nxt = home.ca_dir / "next" / "root.pem"
     prev = home.ca_dir / "previous" / "root.pem"
     if nxt.exists():
-        out["next_root"] = ca_mod.cert_status(_cert(nxt), now)
+        out["next_root"] = castatus.cert_status(_cert(nxt), now)
     if prev.exists():
-        out["previous_root"] = ca_mod.cert_status(_cert(prev), now)
+        out["previous_root"] = castatus.cert_status(_cert(prev), now)
     if st["phase"] == "switched":
         out["old_chain_lineages"] = old_chain_lineages(home)
     return out
