@@ -202,7 +202,10 @@ class Home:
         live); first, what killed writes of NAME left is removed and the ledger caught up."""
         check_lineage_name(name)
         archive = self.archive / name
-        fsutil.make_private_dir(archive)
+        try:  # the common case of a batch: a new lineage (make_private_dir handles the rest)
+            os.mkdir(archive, 0o700)
+        except OSError:
+            fsutil.make_private_dir(archive)
         if not self._live_ready:  # once a process: a batch calls this for every lineage
             fsutil.make_private_dir(self.live)
             self._live_ready = True

@@ -148,10 +148,11 @@ def _create(path: str, data: bytes, mode: int, durable: bool) -> None:
 def settle(live: Path, name: str) -> int | None:
     """Undo a conversion killed while live/NAME was set aside; the version live/NAME shows."""
     version = live_version(live, name)
-    if version is None and not os.path.lexists(live / name):
-        aside = live / _aside(name)
+    base = os.fspath(live)  # strings: a batch settles every lineage it writes
+    if version is None and not os.path.lexists(f"{base}/{name}"):
+        aside = f"{base}/{_aside(name)}"
         if os.path.isdir(aside) and not os.path.islink(aside):
-            os.rename(aside, live / name)
+            os.rename(aside, f"{base}/{name}")
             version = live_version(live, name)
     return version
 
