@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 from ntspki import deploy
@@ -46,6 +48,28 @@ def _pause_before_rename(name: str) -> None:
         return real(src, dst, *args, **kwargs)
 
     os.replace = replace  # type: ignore[assignment]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+def kill_at(step: str, *ntspki_args: str, no_exchange: bool = False, limit: float = 60) -> None:
+    """Run ntspki with `ntspki_args`, wait until it stops itself at `step`, SIGKILL it there."""
+    cmd = [sys.executable, "-m", "tests.pause_at", step, *(["--no-exchange"] if no_exchange else [])]
+    proc = subprocess.Popen([*cmd, *ntspki_args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + limit
+    while _state(proc.pid) != "T":
+        assert proc.poll() is None, f"ntspki ended before step {step}: {proc.communicate()}"
+        assert time.monotonic() < deadline, f"ntspki never reached step {step}"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
 
 
 if __name__ == "__main__":

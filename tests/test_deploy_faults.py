@@ -6,15 +6,13 @@ test then SIGKILLs it there, checks what is on disk, and runs a second deploy th
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from ntspki import deploy
+from tests import pause_at
 from tests.conftest import NTSPKI
 from tests.deploy_env import DeployLab
 
@@ -29,28 +27,9 @@ def dl():
     bed.stop()
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 def _kill_at(dl: DeployLab, step: str) -> None:
     """Run `ntspki deploy --all`, wait until it stops itself at `step`, SIGKILL it there."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.pause_at", step, "--home", str(dl.home.path), "deploy", "--all"],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while _state(proc.pid) != "T":
-        assert proc.poll() is None, f"deploy ended before step {step}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"deploy never reached step {step}"
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    pause_at.kill_at(step, "--home", str(dl.home.path), "deploy", "--all", limit=30)
 
 
 def _journal(dl) -> bool:

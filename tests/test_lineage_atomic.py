@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -27,6 +26,7 @@ from ntspki.issuing import ca as ca_mod
 from ntspki.issuing import issue
 from ntspki.pki import keys, verify
 from ntspki.store import FILES, Home, live
+from tests import pause_at
 from tests.conftest import NTSPKI
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -129,25 +129,8 @@ def test_a_reader_never_sees_two_versions(tmp_path):
 # ---- the kill sweep ------------------------------------------------------------------------------
 
 
-def _state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().rsplit(")", 1)[1].split()[0]
-
-
 def _kill_at(step: str, home: Home, *args: str, no_exchange: bool = False) -> None:
-    """Run ntspki, wait until it stops itself at `step`, SIGKILL it there."""
-    cmd = [sys.executable, "-m", "tests.pause_at", step, *(["--no-exchange"] if no_exchange else [])]
-    proc = subprocess.Popen(
-        [*cmd, "--home", str(home.path), *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 60
-    while _state(proc.pid) != "T":
-        assert proc.poll() is None, f"ntspki ended before step {step}: {proc.communicate()}"
-        assert time.monotonic() < deadline, f"ntspki never reached step {step}"
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL
+    pause_at.kill_at(step, "--home", str(home.path), *args, no_exchange=no_exchange)
 
 
 def _run(home: Home, *args: str) -> subprocess.CompletedProcess:

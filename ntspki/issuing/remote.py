@@ -28,7 +28,7 @@ from ntspki.errors import NtspkiError
 from ntspki.issuing import ca as ca_mod
 from ntspki.pki import keys, names, verify
 from ntspki.store import Home, check_lineage_name, fsutil, ledger
-from ntspki.store.identity import Request
+from ntspki.store.identity import Issued, Request
 
 SOURCE = "remote"  # renewal/NAME.json and ledger source: the key lives on another host
 
@@ -203,19 +203,8 @@ def sign(home: Home, csr_pem: bytes, days: int = pki.LEAF_DAYS, what: str = "the
 
 
 @dataclass
-class Installed:
-    name: str
-    version: int
-    sans: list[str]
-    serial: str
-    sha256: str
-    not_after: str
-    key_type: str
-    live: str
-    changed: bool
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+class Installed(Issued):
+    changed: bool  # False: this chain was already the lineage's current version (a re-run)
 
 
 def install(
