@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -20,13 +21,27 @@ from ntspki.store import Home
 NTSPKI = [sys.executable, "-m", "ntspki"]
 
 
+def _as_at_a_terminal() -> None:
+    """Ctrl-C works in the CLI as at a terminal, also when the suite itself runs in the background
+    (a non-interactive shell starts background jobs with SIGINT ignored, and Python keeps that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(
     *args, home: Path | None = None, input: str | None = None, env: dict | None = None, check: bool = False
 ) -> subprocess.CompletedProcess:
     """Run the real `ntspki` CLI in a subprocess (exit codes, stderr and all)."""
     full_env = {**os.environ, **(env or {})}
     cmd = [*NTSPKI, *(["--home", str(home)] if home else []), *map(str, args)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, input=input, env=full_env, timeout=300)
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        input=input,
+        env=full_env,
+        timeout=300,
+        preexec_fn=_as_at_a_terminal,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"{cmd} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
