@@ -79,17 +79,20 @@ def site(workdir) -> Site:
 
 @pytest.fixture
 def chrony_servers():
-    """Factory: start a real chronyd NTS server; every one is stopped at teardown."""
-    started: list[lab.ChronyServer] = []
+    """Factory: start a real chronyd NTS server; every one is stopped at teardown, and the work
+    directory the lab made for it under /tmp (no workdir given) is removed."""
+    started: list[tuple[lab.ChronyServer, bool]] = []
 
     def start(key, cert, **kw) -> lab.ChronyServer:
         server = lab.ChronyServer(key, cert, **kw)
-        started.append(server)
+        started.append((server, "workdir" not in kw))
         return server.start()
 
     yield start
-    for server in started:
+    for server, own_dir in started:
         server.stop()
+        if own_dir:
+            shutil.rmtree(server.workdir, ignore_errors=True)
 
 
 def pytest_sessionfinish(session, exitstatus):
