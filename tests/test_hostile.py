@@ -365,6 +365,44 @@ for key, value in HOST_NAMES_BAD.items():
     case(f"issue-name-{key}", "issue", value)
     case(f"issue-san-{key}", "issue", "newname", "--san", value)
     case(f"csr-name-{key}", "csr", value)
+
+# deploy one-off flags (the cases below change one flag of a target that would deploy)
+ONEOFF = [
+    "deploy",
+    "--lineage",
+    "ntpserver",
+    "--cert",
+    "{t}/a.crt",
+    "--key",
+    "{t}/a.key",
+    "--service-conf",
+    "none",
+    "--probe",
+    "none",
+    "--restart-command",
+    "true",
+    "--owner",
+    "root",
+    "--group",
+    "root",
+]
+
+
+def _oneoff(**changes: str | None) -> list[str]:
+    argv = list(ONEOFF)
+    for flag, value in changes.items():
+        opt = "--" + flag.replace("_", "-")
+        if opt in argv:
+            i = argv.index(opt)
+            if value is None:
+                del argv[i : i + 2]
+            else:
+                argv[i + 1] = value
+        elif value is not None:
+            argv += [opt, value]
+    return argv
+
+
 for key in ("zwj", "soft-hyphen", "rlo", "bom", "nul", "slash", "empty", "numeric-tld", "emoji"):
     case(f"acme-issue-name-{key}", "acme", "issue", HOST_NAMES_BAD[key], "--agree-tos", "--staging")
     case(
@@ -376,28 +414,7 @@ for key in ("zwj", "soft-hyphen", "rlo", "bom", "nul", "slash", "empty", "numeri
         files={"ntp.conf": "server 192.0.2.1 iburst\n"},
     )
     case(f"probe-name-{key}", "probe", "127.0.0.1:1", "--name", HOST_NAMES_BAD[key], "--no-ntp", code=None)
-    case(
-        f"deploy-probe-name-{key}",
-        "deploy",
-        "--lineage",
-        "ntpserver",
-        "--cert",
-        "{t}/a.crt",
-        "--key",
-        "{t}/a.key",
-        "--service-conf",
-        "none",
-        "--probe",
-        "127.0.0.1:1",
-        "--probe-name",
-        HOST_NAMES_BAD[key],
-        "--restart-command",
-        "true",
-        "--owner",
-        "root",
-        "--group",
-        "root",
-    )
+    case(f"deploy-probe-name-{key}", *_oneoff(probe="127.0.0.1:1", probe_name=HOST_NAMES_BAD[key]))
 
 # issue: numbers and the --from list
 for v in INT_BAD:
@@ -722,42 +739,6 @@ for key in ("syntax", "owner-number", "timeout-nan", "probe-port-0", "target-nam
 for v in ["nan", "inf", "-1", "0"]:
     case(f"watch-poll-interval-{v}", "watch", "--poll", "--poll-interval", v)
     case(f"watch-debounce-{v}", "watch", "--debounce", v) if v != "0" else None
-
-# deploy one-off flags
-ONEOFF = [
-    "deploy",
-    "--lineage",
-    "ntpserver",
-    "--cert",
-    "{t}/a.crt",
-    "--key",
-    "{t}/a.key",
-    "--service-conf",
-    "none",
-    "--probe",
-    "none",
-    "--restart-command",
-    "true",
-    "--owner",
-    "root",
-    "--group",
-    "root",
-]
-
-
-def _oneoff(**changes: str | None) -> list[str]:
-    argv = list(ONEOFF)
-    for flag, value in changes.items():
-        opt = "--" + flag.replace("_", "-")
-        if opt in argv:
-            i = argv.index(opt)
-            if value is None:
-                del argv[i : i + 2]
-            else:
-                argv[i + 1] = value
-        elif value is not None:
-            argv += [opt, value]
-    return argv
 
 
 DEPLOY_FLAGS_BAD = {
