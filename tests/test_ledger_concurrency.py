@@ -88,3 +88,29 @@ def test_concurrent_issues_never_share_a_version_or_corrupt_the_ledger(tmp_path)
         assert sorted(os.listdir(home.archive / name)) == sorted(
             f"{kind}{v}.pem" for kind in FILES for v in home.versions(name)
         )
+
+
+def test_a_reader_never_sees_a_ledger_without_its_tables(tmp_path):
+    """The first `issue` creates the ledger while `list` reads: the reader finds no ledger, or a
+    whole one (CI once caught `list` between the file's creation and its tables)."""
+    import threading
+
+    from ntspki.store.ledger import Ledger
+
+    seen = 0
+    for i in range(150):
+        path = tmp_path / f"ledger{i}.sqlite3"
+        writer = threading.Thread(target=lambda p=path: Ledger(p).close())
+        writer.start()
+        while True:
+            done = not writer.is_alive()
+            if os.path.lexists(path):
+                reader = Ledger(path, readonly=True)
+                assert reader.rows() == []
+                reader.close()
+                seen += 1
+            if done:
+                break
+        writer.join()
+    assert seen >= 150  # every round read the ledger at least once (after the writer, at the latest)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp ledger left

@@ -30,6 +30,12 @@ def _temp_name(path: str) -> str:
     return f"{head}{slash}.{name}.{secrets.token_hex(4)}.tmp"
 
 
+def temp_path(path: Path | str) -> str:
+    """A new name beside `path` for building a file that is then renamed or linked into place
+    (the name `remove_stale_temps(path)` knows)."""
+    return _temp_name(os.fspath(path))
+
+
 _TEMP = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -78,6 +79,30 @@ def _check_schema(db: sqlite3.Connection, path: Path) -> None:
             raise BadLedger(f"the ledger {path} is not ntspki's: {kind[0]} {table} lacks columns {missing}")
 
 
+def _create(path: Path) -> None:
+    """Make a new ledger complete, tables and all, beside `path` and link it in: a reader
+    (`ntspki list` while the first `issue` runs) never sees a ledger without its tables, and of
+    two processes creating it at once, one links and the other uses that one."""
+    from ntspki.store import fsutil
+
+    tmp = fsutil.temp_path(path)
+    try:
+        db = sqlite3.connect(tmp, isolation_level=None)
+        try:
+            db.executescript(SCHEMA)
+            # WAL (kept in the file): readers (`ntspki list`) never block a writer; NORMAL sync
+            # (set per connection) is durable at checkpoints, and a batch syncs the file system on exit.
+            db.execute("PRAGMA journal_mode=WAL")
+        finally:
+            db.close()
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
 class Ledger:
     def __init__(self, path: Path, readonly: bool = False):
         _check_file(path)
@@ -85,14 +110,13 @@ class Ledger:
             self.db = _open_readonly(path)
             return
         try:
+            if not os.path.lexists(path):
+                _create(Path(path))
             self.db = sqlite3.connect(path, timeout=30, isolation_level=None)
             self.db.row_factory = sqlite3.Row
             _check_schema(self.db, path)
-            # WAL: readers (`ntspki list`) never block a writer; NORMAL sync is durable at
-            # checkpoints and the batch path syncs the file system on exit.
-            self.db.execute("PRAGMA journal_mode=WAL")
             self.db.execute("PRAGMA synchronous=NORMAL")
-            self.db.executescript(SCHEMA)
+            self.db.executescript(SCHEMA)  # a ledger from before the revocations table gets it here
         except sqlite3.DatabaseError as e:
             raise BadLedger(f"cannot open the ledger {path}: {e}") from None
 
