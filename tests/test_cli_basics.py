@@ -60,6 +60,18 @@ def test_fast_start_never_imports_heavy_modules(args, tmp_path):
     assert _heavy_modules(args, home) == []
 
 
+def test_help_lists_the_commands_without_loading_cryptographys_key_modules():
+    """`ntspki --help` imports every command module for its one-line help: they must not pull in
+    ntspki.pki (cryptography's key and serialization modules), which is start-up cost
+    (benchmarks/startup.py) a hook or timer pays on every call."""
+    probe = "import sys; from ntspki.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+    probe += "sys.stderr.write('LOADED=' + ','.join(sorted(m for m in sys.modules if m.startswith('ntspki.pki') "
+    probe += "or m.startswith('cryptography.hazmat.primitives.serialization'))))"
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert "LOADED=" in proc.stderr, proc.stderr
+    assert proc.stderr.rsplit("LOADED=", 1)[1] == ""
+
+
 def test_every_command_is_there_with_help_and_a_man_page():
     man_text = "\n".join(p.read_text() for p in (ROOT / "man").glob("*.1"))
     for name in COMMANDS:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from ntspki.cli import Seconds, SuggestingGroup, echo_json, fail, get_home, progress
-from ntspki.pki.keys import ACME_KEY_TYPES
+from ntspki.constants import ACME_KEY_TYPES
 
 
 def _say(message: str, as_json: bool = False) -> None:

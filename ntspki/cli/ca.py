@@ -8,7 +8,7 @@ import sys
 import click
 
 from ntspki.cli import echo_json, fail, get_home
-from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
+from ntspki.constants import DEFAULT_KEY_TYPE, KEY_TYPES
 
 
 def read_passphrase(passphrase_file: str | None, confirm: bool) -> bytes:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from ntspki.cli import echo_json, fail, get_home, progress
-from ntspki.pki import MAX_DAYS
-from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
+from ntspki.constants import DEFAULT_KEY_TYPE, KEY_TYPES, MAX_DAYS
 
 
 @click.command()

@@ -8,9 +8,8 @@ from pathlib import Path
 import click
 
 from ntspki.cli import echo_json, fail, get_home
+from ntspki.constants import DEFAULT_KEY_TYPE, KEY_TYPES, MAX_DAYS
 from ntspki.errors import NtspkiError
-from ntspki.pki import MAX_DAYS
-from ntspki.pki.keys import DEFAULT_KEY_TYPE, KEY_TYPES
 
 
 def _read_input(path: str, what: str) -> bytes:

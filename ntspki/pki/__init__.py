@@ -17,6 +17,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ntspki.constants import MAX_DAYS as MAX_DAYS
 from ntspki.errors import NtspkiError
 from ntspki.pki import keys
 
@@ -25,7 +26,6 @@ BACKDATE = dt.timedelta(hours=1)
 ROOT_DAYS = 3650
 INTERMEDIATE_DAYS = 1825
 LEAF_DAYS = 90
-MAX_DAYS = 36500  # the CA's own limit too: far beyond it notAfter leaves what X.509 can encode
 
 
 def now() -> dt.datetime:

@@ -5,12 +5,10 @@ from __future__ import annotations
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from ntspki.constants import ACME_KEY_TYPES as ACME_KEY_TYPES
+from ntspki.constants import DEFAULT_KEY_TYPE as DEFAULT_KEY_TYPE
+from ntspki.constants import KEY_TYPES as KEY_TYPES
 from ntspki.errors import NtspkiError
-
-KEY_TYPES = ("ec-p256", "ec-p384", "ed25519", "rsa-2048", "rsa-3072", "rsa-4096")
-DEFAULT_KEY_TYPE = "ec-p256"
-# What ACME CAs (Let's Encrypt and others) issue for: no Ed25519.
-ACME_KEY_TYPES = ("ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096")
 
 
 def generate(key_type: str):
