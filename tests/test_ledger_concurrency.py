@@ -6,12 +6,14 @@ import json
 import os
 import sqlite3
 import subprocess
+import threading
 
 from cryptography import x509
 
 from ntspki import pki
 from ntspki.pki import verify
 from ntspki.store import FILES, Home
+from ntspki.store.ledger import Ledger
 from tests.conftest import NTSPKI, run_cli
 
 SAME = "ntp.example.net"
@@ -93,10 +95,6 @@ def test_concurrent_issues_never_share_a_version_or_corrupt_the_ledger(tmp_path)
 def test_a_reader_never_sees_a_ledger_without_its_tables(tmp_path):
     """The first `issue` creates the ledger while `list` reads: the reader finds no ledger, or a
     whole one (CI once caught `list` between the file's creation and its tables)."""
-    import threading
-
-    from ntspki.store.ledger import Ledger
-
     seen = 0
     for i in range(150):
         path = tmp_path / f"ledger{i}.sqlite3"

@@ -25,15 +25,11 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _temp_name(path: str) -> str:
-    head, slash, name = path.rpartition("/")
-    return f"{head}{slash}.{name}.{secrets.token_hex(4)}.tmp"
-
-
 def temp_path(path: Path | str) -> str:
     """A new name beside `path` for building a file that is then renamed or linked into place
     (the name `remove_stale_temps(path)` knows)."""
-    return _temp_name(os.fspath(path))
+    head, slash, name = os.fspath(path).rpartition("/")
+    return f"{head}{slash}.{name}.{secrets.token_hex(4)}.tmp"
 
 
 _TEMP = re.compile(r"\.(.+)\.[0-9a-f]{8}\.tmp")
@@ -76,7 +72,7 @@ def atomic_write(
     # Plain strings and os calls: a batch writes a thousand renewal files through here, and
     # pathlib and a buffered file object cost more than the system calls themselves.
     path = os.fspath(path)
-    tmp = _temp_name(path)
+    tmp = temp_path(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:
         view = memoryview(data)
@@ -102,7 +98,7 @@ def atomic_write(
 
 def atomic_symlink(target: str, link: Path) -> None:
     """Point `link` at `target`, replacing any existing link in one rename."""
-    tmp = _temp_name(os.fspath(link))
+    tmp = temp_path(link)
     os.symlink(target, tmp)
     try:
         os.replace(tmp, link)

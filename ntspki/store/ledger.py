@@ -9,6 +9,7 @@ import sqlite3
 from pathlib import Path
 
 from ntspki.errors import NtspkiError
+from ntspki.store import fsutil
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS certificates (
@@ -83,8 +84,6 @@ def _create(path: Path) -> None:
     """Make a new ledger complete, tables and all, beside `path` and link it in: a reader
     (`ntspki list` while the first `issue` runs) never sees a ledger without its tables, and of
     two processes creating it at once, one links and the other uses that one."""
-    from ntspki.store import fsutil
-
     tmp = fsutil.temp_path(path)
     try:
         db = sqlite3.connect(tmp, isolation_level=None)
@@ -96,7 +95,8 @@ def _create(path: Path) -> None:
         finally:
             db.close()
         with contextlib.suppress(FileExistsError):
-            os.link(tmp, path)
+            os.link(tmp, path)  # SQLite synced the file's contents at its commits
+            fsutil.fsync_dir(path.parent)
     finally:
         for leftover in (tmp, f"{tmp}-wal", f"{tmp}-shm"):
             with contextlib.suppress(FileNotFoundError):
